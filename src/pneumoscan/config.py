@@ -50,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 25
     batch_size: int = 32
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4

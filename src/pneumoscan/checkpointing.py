@@ -1,0 +1,74 @@
+"""Per-epoch checkpoints that make training resumable and early stopping restartable.
+
+After every epoch, atomically: ``checkpoints/last.keras`` (weights and optimizer state),
+``checkpoints/best.weights.h5`` when the monitored metric improved, ``history.csv``, and
+``checkpoints/state.json`` (epoch, best score, patience counter, time spent). A killed
+run resumes from the last completed epoch, so it loses at most the epoch in progress.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import keras
+import pandas as pd
+
+from .paths import atomic_write, atomic_write_json
+from .runs import Run
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    def __init__(self, run: Run, monitor: str, patience: int, max_minutes: float | None, state: dict | None = None):
+        super().__init__()
+        self.run, self.monitor, self.patience, self.max_minutes = run, monitor, patience, max_minutes
+        self.state = state or {"epoch": -1, "best": -math.inf, "best_epoch": -1, "wait": 0,
+                               "train_seconds": 0.0, "history": [], "stopped": None}
+
+    @property
+    def last_file(self):
+        return self.run.checkpoint_dir / "last.keras"
+
+    @property
+    def best_file(self):
+        return self.run.checkpoint_dir / "best.weights.h5"
+
+    @property
+    def state_file(self):
+        return self.run.checkpoint_dir / "state.json"
+
+    @classmethod
+    def load_state(cls, run: Run) -> dict | None:
+        file = run.checkpoint_dir / "state.json"
+        return json.loads(file.read_text()) if file.is_file() else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        s = self.state
+        s["train_seconds"] += time.perf_counter() - self._t0
+        lr = self.model.optimizer.learning_rate
+        s["history"].append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                             "learning_rate": float(keras.ops.convert_to_numpy(lr)),
+                             "seconds": round(s["train_seconds"], 2)})
+        score = logs.get(self.monitor)
+        if score is None:
+            raise KeyError(f"monitored metric {self.monitor!r} not in logs ({', '.join(logs)})")
+        if score > s["best"]:
+            s.update(best=float(score), best_epoch=epoch + 1, wait=0)
+            atomic_write(self.best_file, lambda tmp: self.model.save_weights(tmp))
+        else:
+            s["wait"] += 1
+        s["epoch"] = epoch
+        if s["wait"] >= self.patience:
+            s["stopped"] = f"early stopping: no {self.monitor} gain for {self.patience} epochs"
+        elif self.max_minutes and s["train_seconds"] >= 60 * self.max_minutes:
+            s["stopped"] = f"time budget of {self.max_minutes:g} minutes reached"
+        atomic_write(self.last_file, lambda tmp: self.model.save(tmp))
+        atomic_write(self.run.history_file, lambda tmp: pd.DataFrame(s["history"]).to_csv(tmp, index=False))
+        atomic_write_json(self.state_file, s)
+        if s["stopped"]:
+            print(f"pneumoscan: {s['stopped']} (best epoch {s['best_epoch']})")
+            self.model.stop_training = True

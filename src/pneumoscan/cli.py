@@ -1,0 +1,174 @@
+"""Command line: a thin layer over the library. Every error is one clear line, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, parse_overrides, resolve
+
+FLAG_KEYS = {  # flag -> config section.key
+    "model": ("model", "name"), "epochs": ("train", "epochs"), "image_size": ("data", "image_size"),
+    "batch_size": ("train", "batch_size"), "seed": ("train", "seed"), "source": ("data", "source"),
+    "max_per_class": ("data", "max_per_class"), "max_minutes": ("train", "max_minutes"),
+}
+
+
+def _overrides(args) -> dict:
+    out = parse_overrides(args.set or [])
+    for flag, (section, key) in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    if args.resume:
+        run = train(None, data=args.data, out=args.resume, resume=True)
+    else:
+        if not args.out:
+            raise ConfigError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+        run = train(resolve(args.config, _overrides(args)), data=args.data, out=args.out)
+    _print_metrics(json.loads(run.metrics_file.read_text()), run.root)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+
+    _print_metrics(evaluate_run(args.run, args.data), Path(args.run))
+    return 0
+
+
+def _print_metrics(metrics: dict, root: Path) -> None:
+    thr = metrics["threshold"]
+    print(f"\nrun: {root}\nthreshold {thr['value']:.4f} ({thr['rule']}, chosen on {thr['chosen_on']})")
+    print(f"{'split':<11}{'n':>5}{'accuracy':>10}{'sens':>8}{'spec':>8}{'F1':>8}{'ROC-AUC':>9}  95% CI accuracy")
+    for split in ("val", "test", "kaggle_val"):
+        if split in metrics:
+            m = metrics[split]
+            lo, hi = m["ci95"]["accuracy"]
+            print(f"{split:<11}{m['n']:>5}{m['accuracy']:>10.3f}{m['sensitivity']:>8.3f}{m['specificity']:>8.3f}"
+                  f"{m['f1']:>8.3f}{m['roc_auc']:>9.4f}  {lo:.3f}-{hi:.3f}")
+
+
+def cmd_predict(args) -> int:
+    from .predict import Predictor
+
+    predictor = Predictor.from_run(args.run)
+    table = predictor.predict(args.inputs, batch_size=args.batch_size)
+    if args.output:
+        out = Path(args.output)
+        if out.suffix.lower() == ".json":
+            out.write_text(table.to_json(orient="records", indent=2))
+        else:
+            table.to_csv(out, index=False)
+    with_pd_options(lambda: print(table.to_string(index=False, na_rep="")))
+    failed = int((table["error"] != "").sum())
+    if failed:
+        print(f"pneumoscan: {failed} of {len(table)} inputs failed (see the error column)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def with_pd_options(fn):
+    import pandas as pd
+
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.max_rows", None):
+        fn()
+
+
+def cmd_data_download(args) -> int:
+    from .data.download import download_medmnist
+
+    path = download_medmnist(args.size, args.dest)
+    print(f"saved {path}")
+    return 0
+
+
+def cmd_data_info(args) -> int:
+    from .config import DataConfig
+    from .data.dataset import assign_splits
+    from .data.locate import resolve_data_path
+    from .data.sources import read_source
+
+    collection = read_source(resolve_data_path(args.data, args.source), args.source)
+    collection.records = assign_splits(collection, DataConfig(source=args.source))
+    print(f"{collection.kind} data at {collection.root}")
+    with_pd_options(lambda: print(collection.summary().to_string(index=False)))
+    for path, reason in collection.skipped:
+        print(f"skipped {path}: {reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="pneumoscan", description="Pneumonia detection on chest X-rays.")
+    parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,data}")
+
+    p = sub.add_parser("train", help="train a model and write a run directory")
+    p.add_argument("--data", help="Kermany folder, MedMNIST .npz or CSV manifest (default: $PNEUMOSCAN_DATA)")
+    p.add_argument("--out", help="run directory to create")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--config", help="TOML or JSON config file (a run's config.json repeats that run)")
+    p.add_argument("--model", help="model name: seed_cnn, pneumonet, pneumonet_small, efficientnetb0, ...")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--source", choices=["auto", "kermany", "medmnist", "csv"])
+    p.add_argument("--max-per-class", type=int, help="use at most N images per class and split (quick runs)")
+    p.add_argument("--max-minutes", type=float, help="training time budget")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any other config value")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="recompute metrics.json for a run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--data", help="where the run's data is now, if it moved")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict on image files, folders or globs")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("inputs", nargs="+", metavar="PATH")
+    p.add_argument("--output", "-o", help="also write the table to x.csv or x.json")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("data", help="download or inspect data")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("download", help="download an official MedMNIST file (MD5-checked)")
+    d.add_argument("dataset", choices=["pneumoniamnist"])
+    d.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224])
+    d.add_argument("--dest", help="folder to save into (default: the pneumoscan cache)")
+    d.set_defaults(fn=cmd_data_download)
+    d = dsub.add_parser("info", help="images and patients per split and class, and skipped files")
+    d.add_argument("--data")
+    d.add_argument("--source", default="auto", choices=["auto", "kermany", "medmnist", "csv"])
+    d.set_defaults(fn=cmd_data_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.download import DownloadError
+    from .data.sources import DataSourceError
+    from .models import WeightsError
+    from .runs import RunError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataSourceError, DownloadError, RunError, WeightsError, ValueError, OSError) as exc:
+        print(f"pneumoscan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pneumoscan: interrupted; a training run continues with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

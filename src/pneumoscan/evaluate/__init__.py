@@ -1,0 +1,103 @@
+"""Evaluate a trained model on every split and write ``metrics.json`` and ``predictions.csv``.
+
+Order of operations, all fitted on ``val`` and then applied unchanged to ``test`` and
+``kaggle_val``: temperature scaling (:mod:`.calibration`), then the decision threshold on
+the calibrated probabilities (:mod:`.threshold`). Metrics at 0.5 and at the other
+threshold rules are reported beside the chosen one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..data.dataset import PreparedData, prepare
+from ..data.pipeline import predict_probabilities
+from ..paths import atomic_write, atomic_write_json
+from ..runs import Run, RunError
+from .calibration import apply_temperature, expected_calibration_error, fit_temperature
+from .metrics import CI_METRICS, bootstrap_ci, classification_metrics
+from .threshold import ALTERNATIVES, choose_threshold
+
+REPORTED_SPLITS = ("val", "test", "kaggle_val")
+
+
+def split_report(y, p, threshold: float, cfg: Config) -> dict:
+    entry = classification_metrics(y, p, threshold)
+    entry["ci95"] = bootstrap_ci(y, p, threshold, cfg.evaluate.bootstrap, cfg.evaluate.seed)
+    entry["at_0.5"] = classification_metrics(y, p, 0.5)
+    return entry
+
+
+def calibrate(labels: dict[str, np.ndarray], raw: dict[str, np.ndarray]) -> tuple[float, dict, dict]:
+    """Fit T on val; return T, the calibrated probabilities and ECE before/after per split."""
+    temperature = fit_temperature(labels["val"], raw["val"])
+    probs = {s: apply_temperature(p, temperature) for s, p in raw.items()}
+    ece = {s: {"before": expected_calibration_error(labels[s], raw[s]),
+               "after": expected_calibration_error(labels[s], probs[s])} for s in raw}
+    return temperature, probs, ece
+
+
+def compute_metrics(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], cfg: Config) -> dict:
+    """metrics.json content from per-split labels and (calibrated) PNEUMONIA probabilities."""
+    rule = cfg.evaluate.threshold_rule
+    threshold = choose_threshold(labels["val"], probs["val"], rule)
+    out: dict = {"threshold": {"rule": rule, "value": threshold, "chosen_on": "val"}}
+    for split in REPORTED_SPLITS:
+        if split in probs:
+            out[split] = split_report(labels[split], probs[split], threshold, cfg)
+    out["alternatives"] = {}
+    for alt in ALTERNATIVES:
+        t = choose_threshold(labels["val"], probs["val"], alt)
+        out["alternatives"][alt] = {
+            split: {k: v for k, v in classification_metrics(labels[split], probs[split], t).items()
+                    if k in ("threshold", "accuracy", "sensitivity", "specificity", "f1", "balanced_accuracy")}
+            for split in ("val", "test") if split in probs
+        }
+    return out
+
+
+def evaluate_prepared(run: Run, model, prepared: PreparedData, cfg: Config, training: dict | None = None) -> dict:
+    raw = {s: predict_probabilities(model, prepared.images[s]) for s in REPORTED_SPLITS if s in prepared.images}
+    temperature, probs, ece = calibrate(prepared.labels, raw)
+    metrics = compute_metrics(prepared.labels, probs, cfg)
+    metrics["calibration"] = {"method": "temperature", "temperature": temperature, "fitted_on": "val", "ece": ece}
+    metrics["model"] = cfg.model.name
+    metrics["image_size"] = cfg.data.image_size
+    if training:
+        metrics["training"] = {k: training.get(k) for k in ("best_epoch", "best", "train_seconds", "stopped")}
+        metrics["training"]["epochs_run"] = training.get("epoch", -1) + 1
+    elif run.metrics_file.is_file():
+        metrics["training"] = run.metrics().get("training")
+    atomic_write_json(run.metrics_file, metrics)
+    splits = prepared.splits
+    rows = []
+    for split, p in probs.items():
+        part = splits[splits["split"] == split]
+        rows.append(pd.DataFrame({
+            "path": part["path"].to_numpy(), "split": split, "label": part["label"].to_numpy(),
+            "probability": p, "raw_probability": raw[split], "predicted": (p >= metrics["threshold"]["value"]).astype(int),
+        }))
+    table = pd.concat(rows, ignore_index=True)
+    atomic_write(run.predictions_file, lambda tmp: table.to_csv(tmp, index=False))
+    return metrics
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
+    """Re-evaluate a finished run (optionally on data moved to ``data``)."""
+    run = Run(Path(run_dir))
+    cfg = run.config()
+    model = run.load_model()
+    prepared = prepare(cfg.data, data or cfg.data.path)
+    saved = pd.read_csv(run.splits_file)
+    same = (len(saved) == len(prepared.splits)
+            and (saved["split"].to_numpy() == prepared.splits["split"].to_numpy()).all()
+            and [Path(p).name for p in saved["path"]] == [Path(p).name for p in prepared.splits["path"]])
+    if not same:
+        raise RunError(f"{run.splits_file}: the data at {data or cfg.data.path} does not give the run's splits")
+    return evaluate_prepared(run, model, prepared, cfg)
+
+
+__all__ = ["evaluate_run", "compute_metrics", "classification_metrics", "bootstrap_ci", "choose_threshold", "CI_METRICS"]

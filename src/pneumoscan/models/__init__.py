@@ -1,0 +1,28 @@
+"""Model registry: ``build_model(name, image_size, ...)``."""
+from __future__ import annotations
+
+from functools import partial
+
+import keras
+
+from ..config import ModelConfig
+from .auc import PneumoniaAUC
+from .applications import BACKBONES, WeightsError, backbone_model
+from .pneumonet import pneumonet
+from .seed_cnn import seed_cnn
+
+MODELS = {"seed_cnn": seed_cnn, "pneumonet": pneumonet, "pneumonet_small": partial(pneumonet, depth=(1, 1, 1, 1))}
+MODELS.update({name: partial(backbone_model, name) for name in BACKBONES})
+
+
+def available_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def build_model(cfg: ModelConfig, image_size: int) -> keras.Model:
+    if cfg.name not in MODELS:
+        raise ValueError(f"unknown model {cfg.name!r}; available: {', '.join(available_models())}")
+    return MODELS[cfg.name](image_size=image_size, dropout=cfg.dropout, width=cfg.width, weights=cfg.weights)
+
+
+__all__ = ["build_model", "available_models", "MODELS", "WeightsError", "PneumoniaAUC"]

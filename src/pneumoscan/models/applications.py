@@ -1,0 +1,52 @@
+"""``keras.applications`` backbones with a 2-way softmax head.
+
+Only backbones that include their own input preprocessing are offered, so they take
+the same 0..255 grayscale input as every pneumoscan model (the channel is repeated 3x).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers
+
+BACKBONES = {
+    "efficientnetb0": keras.applications.EfficientNetB0,
+    "efficientnetv2b0": keras.applications.EfficientNetV2B0,
+    "mobilenetv3small": keras.applications.MobileNetV3Small,
+    "mobilenetv3large": keras.applications.MobileNetV3Large,
+    "convnexttiny": keras.applications.ConvNeXtTiny,
+}
+
+
+class WeightsError(RuntimeError):
+    """Backbone weights could not be loaded."""
+
+
+def backbone_model(name: str, image_size: int, dropout: float = 0.3, weights: str | None = None, **_) -> keras.Model:
+    """``weights``: None (random), ``"imagenet"`` (downloads: needs internet) or a weights file path."""
+    factory = BACKBONES[name]
+    load_imagenet = weights == "imagenet"
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise WeightsError(f"{weights}: weights file not found")
+    try:
+        base = factory(include_top=False, weights="imagenet" if load_imagenet else None,
+                       input_shape=(image_size, image_size, 3), pooling="avg")
+    except Exception as exc:  # urllib/HTTP errors surface as several types
+        if load_imagenet:
+            raise WeightsError(
+                f"{name}: could not download ImageNet weights ({exc}). This needs internet access; "
+                "offline, download the Keras weights file elsewhere and pass its path as model.weights."
+            ) from None
+        raise
+    if weights not in (None, "imagenet"):
+        try:
+            base.load_weights(weights, skip_mismatch=True)
+        except Exception as exc:
+            raise WeightsError(f"{weights}: cannot load into {name} ({exc})") from None
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = layers.Concatenate(name="to_rgb")([inputs, inputs, inputs])
+    x = base(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(2, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)
