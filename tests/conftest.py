@@ -34,3 +34,23 @@ def mnist_npz(shared_data) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Tests share one decoded-image cache (fast) but never touch the user's ~/.cache.
     monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+TINY_OVERRIDES = {
+    "data": {"source": "kermany", "image_size": 64, "max_per_class": 40},
+    "model": {"name": "pneumonet_small", "width": 8},
+    "train": {"epochs": 2, "max_minutes": None, "batch_size": 16},
+    "evaluate": {"bootstrap": 100},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, shared_data):
+    """One small real training run (64 px, 40 images per class and split, 2 epochs),
+    shared by every test that needs a trained model."""
+    os.environ.setdefault("PNEUMOSCAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    from pneumoscan.config import resolve
+    from pneumoscan.train import train
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    return train(resolve(overrides=TINY_OVERRIDES), shared_data, out, verbose=0)
