@@ -54,3 +54,26 @@ def tiny_run(tmp_path_factory, shared_data):
 
     out = tmp_path_factory.mktemp("tiny") / "run"
     return train(resolve(overrides=TINY_OVERRIDES), shared_data, out, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def copy_real_images(kermany_dir):
+    """``copy_real_images(split, cls, n, dest)``: put the first ``n`` real Kermany images of a
+    split and class into ``dest`` (hard links where possible) and return their new paths."""
+    import shutil
+
+    def copy(split: str, cls: str, n: int, dest: Path) -> list[Path]:
+        sources = sorted((kermany_dir / split / cls).glob("*.jpeg"))[:n]
+        assert len(sources) == n, f"only {len(sources)} images in {split}/{cls}"
+        dest.mkdir(parents=True, exist_ok=True)
+        out = []
+        for src in sources:
+            target = dest / src.name
+            try:
+                os.link(src, target)
+            except OSError:  # another file system: copy instead
+                shutil.copy2(src, target)
+            out.append(target)
+        return out
+
+    return copy

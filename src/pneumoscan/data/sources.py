@@ -75,6 +75,7 @@ def read_kermany(path: str | Path) -> Collection:
             continue
         for class_dir in sorted(split_dir.iterdir()):
             if class_dir.name.startswith(".") or class_dir.name == "__MACOSX":
+                skipped.append((str(class_dir), "hidden or macOS metadata file"))
                 continue
             if not class_dir.is_dir():
                 skipped.append((str(class_dir), "not a class folder"))
@@ -164,6 +165,12 @@ def read_csv_manifest(path: str | Path) -> Collection:
     return Collection(records, "csv", path, skipped)
 
 
+def _find_medmnist_npz(folder: Path) -> Path | None:
+    """A pneumoniamnist*.npz in ``folder`` or one level below (the places data.locate accepts)."""
+    found = sorted(folder.glob("pneumoniamnist*.npz")) or sorted(folder.glob("*/pneumoniamnist*.npz"))
+    return found[0] if found else None
+
+
 def read_source(path: str | Path, kind: str = "auto") -> Collection:
     """Open a data source; ``kind='auto'`` decides by what the path is."""
     path = Path(path).expanduser()
@@ -173,8 +180,8 @@ def read_source(path: str | Path, kind: str = "auto") -> Collection:
         if path.is_dir():
             if find_kermany_root(path) is not None:
                 kind = "kermany"
-            elif (path / "pneumoniamnist" / "pneumoniamnist.npz").is_file():
-                path, kind = path / "pneumoniamnist" / "pneumoniamnist.npz", "medmnist"
+            elif npz := _find_medmnist_npz(path):
+                path, kind = npz, "medmnist"
             else:
                 raise DataSourceError(f"{path}: found neither a Kermany folder (train/, test/) nor a PneumoniaMNIST .npz")
         else:
