@@ -111,9 +111,11 @@ def _coerce(section: str, key: str, current: Any, value: Any, annotation: Any) -
             if ann.startswith("float"):
                 return float(value)
             return value
-        if ann.startswith("bool") and not isinstance(value, bool):
+        # A file's value must already have the field's type: a TOML `epochs = true` or
+        # `name = 5` is a mistake, not something to guess at.
+        if isinstance(value, bool) != ann.startswith("bool") or ann.startswith("str"):
             raise ValueError(value)
-        if ann.startswith("int") and not ann.startswith("int |") and isinstance(value, float):
+        if not isinstance(value, (int, float)) or (ann.startswith("int") and isinstance(value, float)):
             raise ValueError(value)
         if ann.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
@@ -205,3 +207,20 @@ def validate(config: Config) -> None:
         raise ConfigError("train.learning_rate must be positive")
     if t.class_weight not in ("balanced", "none"):
         raise ConfigError(f"train.class_weight must be balanced or none, not {t.class_weight!r}")
+    _validate_threshold_rule(config.evaluate.threshold_rule)
+
+
+def _validate_threshold_rule(rule: str) -> None:
+    """Checked here, not after training: the rule is only used once the model is trained."""
+    name, _, arg = rule.partition(":")
+    if name in ("youden", "balanced_accuracy") and not arg:
+        return
+    if name in ("sensitivity", "fixed"):
+        try:
+            if 0.0 <= float(arg) <= 1.0:
+                return
+        except ValueError:
+            pass
+    raise ConfigError(
+        f"evaluate.threshold_rule {rule!r} is not one of sensitivity:<0..1>, fixed:<0..1>, youden, balanced_accuracy"
+    )
