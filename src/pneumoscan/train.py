@@ -111,4 +111,16 @@ def train(cfg: Config, data: str | Path | None = None, out: str | Path = "runs/l
     evaluate_prepared(run, final, prepared, cfg, training=checkpoint.state)
     checkpoint.state["complete"] = True
     atomic_write_json(checkpoint.state_file, checkpoint.state)
+    write_report_or_warn(run)
     return run
+
+
+def write_report_or_warn(run: Run) -> None:
+    """Figures and report.html for a finished run; a failure here must never cost the trained run."""
+    try:
+        from .report import write_report
+
+        write_report(run.root)
+    except Exception as exc:  # the model and metrics are already saved: warn and go on
+        print(f"pneumoscan: warning: could not write {run.root / 'report.html'} ({type(exc).__name__}: {exc}); "
+              f"the run itself is complete. Retry with: pneumoscan report {run.root}", file=sys.stderr)
