@@ -57,21 +57,20 @@ def _print_metrics(metrics: dict, root: Path) -> None:
 
 
 def cmd_predict(args) -> int:
+    from .batch_predict import predict_to_output
     from .predict import Predictor
 
     predictor = Predictor.from_run(args.run)
-    table = predictor.predict(args.inputs, batch_size=args.batch_size)
-    if args.output:
-        out = Path(args.output)
-        if out.suffix.lower() == ".json":
-            out.write_text(table.to_json(orient="records", indent=2))
-        else:
-            table.to_csv(out, index=False)
-    with_pd_options(lambda: print(table.to_string(index=False, na_rep="")))
-    failed = int((table["error"] != "").sum())
-    if failed:
-        print(f"pneumoscan: {failed} of {len(table)} inputs failed (see the error column)", file=sys.stderr)
-    return 1 if failed else 0
+    done = predict_to_output(predictor, args.inputs, batch_size=args.batch_size, output=args.output,
+                             resume=args.resume, progress=args.progress or sys.stderr.isatty())
+    if done.already_done:
+        print(f"pneumoscan: {done.already_done} images already in {args.output}, not predicted again", file=sys.stderr)
+    if done.warned:
+        print(f"pneumoscan: {done.warned} of {done.rows} images may not be frontal chest X-rays "
+              "(see the warning column)", file=sys.stderr)
+    if done.failed:
+        print(f"pneumoscan: {done.failed} of {done.rows} inputs failed (see the error column)", file=sys.stderr)
+    return 1 if done.failed else 0
 
 
 def with_pd_options(fn):
@@ -104,22 +103,12 @@ def cmd_data_info(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from .report import write_report
-    from .report.plots import PLOT_FILES
-
-    path = write_report(args.run)
-    missing = [name for name in PLOT_FILES if not (path.parent / "plots" / name).is_file()]
-    print(f"wrote {path}" + (f" (figures not drawn: {', '.join(missing)})" if missing else ""))
-    return 1 if missing else 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="pneumoscan", description="Pneumonia detection on chest X-rays.")
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,report,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,data}")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--data", help="Kermany folder, MedMNIST .npz or CSV manifest (default: $PNEUMOSCAN_DATA)")
@@ -145,13 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict on image files, folders or globs")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("inputs", nargs="+", metavar="PATH")
-    p.add_argument("--output", "-o", help="also write the table to x.csv or x.json")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--output", "-o", help="also write the rows, batch by batch, to x.csv or x.jsonl "
+                                           "(x.json: one array, written at the end)")
+    p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time")
+    p.add_argument("--resume", action="store_true", help="skip the images already in --output and append the rest")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
     p.set_defaults(fn=cmd_predict)
-
-    p = sub.add_parser("report", help="draw a run's figures and write RUN_DIR/report.html")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("data", help="download or inspect data")
     dsub = p.add_subparsers(dest="data_command", required=True)

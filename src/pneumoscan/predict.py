@@ -2,46 +2,38 @@
 
     import pneumoscan
     model = pneumoscan.load("runs/default")
-    model.predict(["xray.jpeg", "folder/"])   # DataFrame: path, probability, label, error
+    model.predict(["xray.jpeg", "folder/"])   # DataFrame: path, probability, label, error, warning
+    for table in model.iter_predict(["folder/"], batch_size=32):   # the same, one batch at a time
+        ...
+
+Inputs are expanded lazily and decoded one batch at a time, so memory stays bounded
+whatever the number of images.
 """
 from __future__ import annotations
 
-import glob
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Collection, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
+from .data.inputs import iter_inputs
 from .data.pipeline import predict_probabilities
-from .data.preprocess import IMAGE_EXTENSIONS, ImageReadError, load_preprocessed
+from .data.preprocess import ImageReadError, LoadedImage, load_checked
 from .data.sources import CLASS_NAMES
 from .evaluate.calibration import apply_temperature
 from .runs import Run
 
-COLUMNS = ["path", "probability", "label", "error"]
+COLUMNS = ["path", "probability", "label", "error", "warning"]
+WARNING_SEPARATOR = "; "  # several warnings share the one ``warning`` cell
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[tuple[str, str]]:
-    """Files, folders (searched recursively for images) and globs -> [(path, error)].
-
-    An input that matches nothing yields one row with the problem in ``error``.
-    """
-    out: list[tuple[str, str]] = []
-    for item in map(str, inputs):
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not p.name.startswith("."))
-            out += [(str(p), "") for p in found] or [(item, "folder holds no JPEG or PNG images")]
-        elif path.exists():
-            out.append((str(path), ""))
-        elif glob.has_magic(item):
-            matches = sorted(glob.glob(str(path), recursive=True))
-            out += [(m, "") for m in matches if Path(m).is_file()] or [(item, "pattern matches no files")]
-        else:
-            out.append((item, "file not found"))
-    return out
+    """Files, folders and globs -> [(path, error)]; ``iter_inputs`` is the lazy version."""
+    return list(iter_inputs(inputs))
 
 
 class Predictor:
@@ -65,26 +57,51 @@ class Predictor:
 
     def predict(self, inputs: Iterable[str | Path] | str | Path, batch_size: int = 32) -> pd.DataFrame:
         """One row per input image; unreadable inputs get an ``error`` and no probability."""
+        tables = list(self.iter_predict(inputs, batch_size))
+        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
+
+    def iter_predict(self, inputs: Iterable[str | Path] | str | Path, batch_size: int = 32,
+                     skip: Collection[str] = ()) -> Iterator[pd.DataFrame]:
+        """``predict`` one batch at a time: a table of at most ``batch_size`` rows per step.
+
+        Only one batch of images is ever in memory. Paths in ``skip`` (e.g. already in an
+        output file) are left out without being read.
+        """
         if isinstance(inputs, (str, Path)):
             inputs = [inputs]
-        rows = []
-        entries = expand_inputs(inputs)
-        for start in range(0, len(entries), batch_size):
-            chunk, images, ok = entries[start:start + batch_size], [], []
-            for path, error in chunk:
-                if not error:
-                    try:
-                        images.append(load_preprocessed(path, self.image_size))
-                    except ImageReadError as exc:
-                        error = exc.problem
-                ok.append(not error)
-                rows.append({"path": path, "probability": np.nan, "label": "", "error": error})
-            if images:
-                probs = self.probabilities(np.stack(images))
-                targets = [r for r, good in zip(rows[-len(chunk):], ok) if good]
-                for row, p in zip(targets, probs):
-                    row["probability"] = float(p)
-                    row["label"] = CLASS_NAMES[int(p >= self.threshold)]
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        entries = (entry for entry in iter_inputs(inputs) if entry[0] not in skip)
+        # Decoding threads: Pillow and numpy release the GIL while they work.
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            while chunk := list(itertools.islice(entries, batch_size)):
+                yield self._predict_batch(chunk, pool.map(self._load, chunk))
+
+    def _load(self, entry: tuple[str, str]) -> LoadedImage | str:
+        """The loaded image, or the reason it cannot be used."""
+        path, error = entry
+        if error:
+            return error
+        try:
+            return load_checked(path, self.image_size)
+        except ImageReadError as exc:
+            return exc.problem
+
+    def _predict_batch(self, chunk: list[tuple[str, str]], loaded: Iterable[LoadedImage | str]) -> pd.DataFrame:
+        rows, images, targets = [], [], []
+        for (path, _), result in zip(chunk, loaded):
+            row = {"path": path, "probability": np.nan, "label": "", "error": "", "warning": ""}
+            if isinstance(result, str):
+                row["error"] = result
+            else:
+                row["warning"] = WARNING_SEPARATOR.join(result.warnings)
+                images.append(result.array)
+                targets.append(row)
+            rows.append(row)
+        if images:
+            for row, p in zip(targets, self.probabilities(np.stack(images))):
+                row["probability"] = float(p)
+                row["label"] = CLASS_NAMES[int(p >= self.threshold)]
         return pd.DataFrame(rows, columns=COLUMNS)
 
 
