@@ -103,12 +103,22 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .report.plots import PLOT_FILES
+
+    path = write_report(args.run)
+    missing = [name for name in PLOT_FILES if not (path.parent / "plots" / name).is_file()]
+    print(f"wrote {path}" + (f" (figures not drawn: {', '.join(missing)})" if missing else ""))
+    return 1 if missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="pneumoscan", description="Pneumonia detection on chest X-rays.")
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,report,data}")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--data", help="Kermany folder, MedMNIST .npz or CSV manifest (default: $PNEUMOSCAN_DATA)")
@@ -140,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip the images already in --output and append the rest")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("report", help="draw a run's figures and write RUN_DIR/report.html")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("data", help="download or inspect data")
     dsub = p.add_subparsers(dest="data_command", required=True)
