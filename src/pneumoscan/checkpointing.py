@@ -45,6 +45,13 @@ class RunCheckpoint(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
 
+    def _next_epoch_would_overrun(self) -> bool:
+        # Stop *before* an epoch that would cross the budget, judged by the slowest recent epoch,
+        # so a budget of N minutes means at most N minutes of training.
+        times = [b["seconds"] - a["seconds"] for a, b in zip([{"seconds": 0.0}] + self.state["history"], self.state["history"])]
+        slowest = max(times[-3:]) if times else 0.0
+        return self.state["train_seconds"] + slowest > 60 * self.max_minutes
+
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         s = self.state
@@ -64,8 +71,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         s["epoch"] = epoch
         if s["wait"] >= self.patience:
             s["stopped"] = f"early stopping: no {self.monitor} gain for {self.patience} epochs"
-        elif self.max_minutes and s["train_seconds"] >= 60 * self.max_minutes:
-            s["stopped"] = f"time budget of {self.max_minutes:g} minutes reached"
+        elif self.max_minutes and self._next_epoch_would_overrun():
+            s["stopped"] = f"time budget of {self.max_minutes:g} minutes: another epoch would not fit"
         atomic_write(self.last_file, lambda tmp: self.model.save(tmp))
         atomic_write(self.run.history_file, lambda tmp: pd.DataFrame(s["history"]).to_csv(tmp, index=False))
         atomic_write_json(self.state_file, s)
