@@ -62,17 +62,17 @@ def synthetic_scores(n: int, seed: int):
 def test_bootstrap_interval_holds_the_point_estimate_and_is_seeded():
     y, p = synthetic_scores(300, seed=1)
     point = classification_metrics(y, p, 0.5)
-    ci = bootstrap_ci(y, p, 0.5, n_boot=300, seed=3)
+    ci = bootstrap_ci(y, p, 0.5, n_boot=200, seed=3)
     assert set(ci) == set(CI_METRICS)
     for name, (lo, hi) in ci.items():
         assert 0.0 <= lo < point[name] < hi <= 1.0, name
-    assert bootstrap_ci(y, p, 0.5, n_boot=300, seed=3) == ci
-    assert bootstrap_ci(y, p, 0.5, n_boot=300, seed=4) != ci
+    assert bootstrap_ci(y, p, 0.5, n_boot=200, seed=3) == ci
+    assert bootstrap_ci(y, p, 0.5, n_boot=200, seed=4) != ci
 
 
 def test_bootstrap_interval_narrows_with_more_data():
-    small = bootstrap_ci(*synthetic_scores(100, seed=5), 0.5, n_boot=300, seed=0)
-    large = bootstrap_ci(*synthetic_scores(2000, seed=5), 0.5, n_boot=300, seed=0)
+    small = bootstrap_ci(*synthetic_scores(100, seed=5), 0.5, n_boot=200, seed=0)
+    large = bootstrap_ci(*synthetic_scores(2000, seed=5), 0.5, n_boot=200, seed=0)
     for name in CI_METRICS:
         width_small = small[name][1] - small[name][0]
         width_large = large[name][1] - large[name][0]
