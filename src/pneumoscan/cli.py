@@ -60,7 +60,7 @@ def cmd_predict(args) -> int:
     from .batch_predict import predict_to_output
     from .predict import Predictor
 
-    predictor = Predictor.from_run(args.run)
+    predictor = Predictor.from_run(args.run, engine=args.engine)
     done = predict_to_output(predictor, args.inputs, batch_size=args.batch_size, output=args.output,
                              resume=args.resume, progress=args.progress or sys.stderr.isatty())
     if done.already_done:
@@ -103,6 +103,21 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export
+
+    path = export(args.run, args.format, args.out)
+    print(f"wrote {path} and {path.parent / 'preprocessing.json'}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve
+
+    serve(args.run, host=args.host, port=args.port, engine=args.engine, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_report
     from .report.plots import PLOT_FILES
@@ -118,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pneumoscan", description="Pneumonia detection on chest X-rays.")
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,report,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,report,export,serve,data}")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--data", help="Kermany folder, MedMNIST .npz or CSV manifest (default: $PNEUMOSCAN_DATA)")
@@ -149,7 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time")
     p.add_argument("--resume", action="store_true", help="skip the images already in --output and append the rest")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
+    p.add_argument("--engine", choices=["keras", "onnx"], default="keras",
+                   help="keras (model.keras) or onnx (ONNX Runtime; exported to RUN_DIR/export/ on first use)")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's model to ONNX, SavedModel or TFLite")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--format", required=True, choices=["onnx", "savedmodel", "tflite"])
+    p.add_argument("--out", metavar="DIR", help="folder to write into (default: RUN_DIR/export)")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("serve", help="web page and JSON API for a run's model")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--engine", choices=["keras", "onnx"], default="keras")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file (default 20)")
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("report", help="draw a run's figures and write RUN_DIR/report.html")
     p.add_argument("run", metavar="RUN_DIR")
@@ -173,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.download import DownloadError
     from .data.sources import DataSourceError
+    from .export import ExportError
     from .models import WeightsError
     from .runs import RunError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataSourceError, DownloadError, RunError, WeightsError, ValueError, OSError) as exc:
+    except (ConfigError, DataSourceError, DownloadError, ExportError, RunError, WeightsError, ValueError,
+            OSError) as exc:
         print(f"pneumoscan: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -44,12 +44,16 @@ class Predictor:
         self.threshold, self.temperature = float(threshold), float(temperature)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path) -> "Predictor":
+    def from_run(cls, run_dir: str | Path, engine: str = "keras") -> "Predictor":
+        """``engine``: "keras" (model.keras) or "onnx" (ONNX Runtime on RUN/export/model.onnx)."""
+        from .engines import load_engine
+
         run = Run(Path(run_dir))
         cfg = run.config()
         metrics = run.metrics()
         temperature = metrics.get("calibration", {}).get("temperature", 1.0)
-        return cls(run.load_model(), cfg.data.image_size, metrics["threshold"]["value"], temperature, name=str(run.root))
+        return cls(load_engine(run, engine), cfg.data.image_size, metrics["threshold"]["value"], temperature,
+                   name=str(run.root))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated PNEUMONIA probability for (N, S, S) uint8 images already preprocessed."""

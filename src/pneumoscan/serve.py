@@ -1,0 +1,265 @@
+"""A small web app over a trained run: upload X-rays, get probability, label and Grad-CAM.
+
+    pneumoscan serve runs/default            # http://127.0.0.1:8000/
+
+- ``GET /``: a page to upload one or more X-rays (plain HTML and a little JavaScript, no
+  external resources);
+- ``POST /api/predict`` (multipart, field ``file``, repeatable; ``?gradcam=1`` adds the
+  overlay as base64 PNG): one result per file, a bad file gets an ``error`` entry and the
+  others are still predicted;
+- ``GET /health``: the model's id (run name + hash of model.keras) and status.
+
+Uploads go to a temporary folder that is removed when the request ends; images are read
+by the shared loader (``pneumoscan.data.preprocess``) through ``Predictor.predict``, so the
+app applies exactly the preprocessing, calibration and threshold of the command line.
+The app has no authentication and binds 127.0.0.1 unless told otherwise.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import tempfile
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from .predict import WARNING_SEPARATOR
+from .runs import Run
+
+log = logging.getLogger("pneumoscan.serve")
+
+UPLOAD_FIELD = "file"
+DEFAULT_MAX_UPLOAD_MB = 20.0
+DEFAULT_MAX_FILES = 16
+
+
+class UploadTooLarge(Exception):
+    """A request body or one uploaded file is over the configured limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 1024 * 1024)
+    max_files: int = DEFAULT_MAX_FILES
+
+    @property
+    def max_request_bytes(self) -> int:
+        # Room for every allowed file plus the multipart headers around them.
+        return self.max_files * self.max_file_bytes + 1024 * 1024
+
+    def describe_file_limit(self) -> str:
+        return f"{self.max_file_bytes / (1024 * 1024):.3g} MB per file"
+
+
+class ModelService:
+    """Everything a request needs: the predictor, the model id, and (lazily) a Keras model for Grad-CAM."""
+
+    def __init__(self, run_dir: str | Path, engine: str = "keras"):
+        from .export import model_id
+        from .predict import Predictor
+
+        self.run = Run(Path(run_dir))
+        self.engine = engine
+        self.predictor = Predictor.from_run(self.run.root, engine=engine)
+        self.model_id = model_id(self.run)
+        self._keras_model = self.predictor.model if engine == "keras" else None
+        self._lock = threading.Lock()
+
+    def keras_model(self):
+        """Grad-CAM needs gradients, so it always runs on the Keras model, whatever the engine."""
+        with self._lock:
+            if self._keras_model is None:
+                self._keras_model = self.run.load_model()
+            return self._keras_model
+
+    def health(self) -> dict:
+        from . import __version__
+
+        return {"status": "ok", "model_id": self.model_id, "run": self.run.root.name, "engine": self.engine,
+                "image_size": self.predictor.image_size, "threshold": self.predictor.threshold,
+                "temperature": self.predictor.temperature, "pneumoscan_version": __version__}
+
+    def analyse(self, uploads: list[tuple[str, bytes]], with_gradcam: bool) -> list[dict]:
+        """[(client file name, content)] -> one result dict per upload, in order."""
+        with tempfile.TemporaryDirectory(prefix="pneumoscan-upload-") as folder:
+            saved = []
+            for index, (filename, content) in enumerate(uploads):
+                path = Path(folder) / f"{index:03d}_{_safe_name(filename)}"
+                path.write_bytes(content)
+                saved.append(path)
+            table = self.predictor.predict(saved) if saved else None
+            rows = {} if table is None else {row["path"]: row for row in table.to_dict("records")}
+            results = [self._result(filename, path, rows.get(str(path)))
+                       for (filename, _), path in zip(uploads, saved)]
+            if with_gradcam:
+                self._add_gradcam(results, saved)
+        return results
+
+    def _result(self, filename: str, path: Path, row: dict | None) -> dict:
+        def clean(text) -> str:
+            # Messages must name the client's file, never our temporary path.
+            return str(text or "").replace(str(path), filename).replace(path.name, filename)
+
+        result = {"filename": filename, "probability": None, "label": None,
+                  "threshold": self.predictor.threshold, "warnings": [], "error": None}
+        if row is None:
+            result["error"] = "not processed"
+            return result
+        warning = row.get("warning")
+        if isinstance(warning, str) and warning:
+            result["warnings"] = [clean(w) for w in warning.split(WARNING_SEPARATOR) if w]
+        if row.get("error"):
+            result["error"] = clean(row["error"])
+        else:
+            result["probability"] = float(row["probability"])
+            result["label"] = row["label"]
+        return result
+
+    def _add_gradcam(self, results: list[dict], paths: list[Path]) -> None:
+        from .data.preprocess import load_preprocessed
+        from .explain import gradcam, overlay
+
+        good = [(r, p) for r, p in zip(results, paths) if r["error"] is None]
+        if not good:
+            return
+        try:
+            images = np.stack([load_preprocessed(p, self.predictor.image_size) for _, p in good])
+            maps = gradcam(self.keras_model(), images)
+        except Exception as exc:  # a missing heat map must not cost the user the prediction itself
+            log.exception("Grad-CAM failed")
+            for result, _ in good:
+                result["warnings"].append(f"Grad-CAM unavailable ({type(exc).__name__})")
+            return
+        for (result, _), image, heat in zip(good, images, maps):
+            result["gradcam_png_base64"] = _png_base64(overlay(image, heat))
+
+
+def _client_name(filename: str | None) -> str:
+    """The file name the client sent, without any folder part (shown back to the user)."""
+    return re.split(r"[\\/]", filename or "")[-1] or "upload"
+
+
+def _safe_name(filename: str) -> str:
+    """A name safe to write in our temporary folder: letters, digits, '.', '-', '_' (keeps the suffix)."""
+    return re.sub(r"[^\w.-]+", "_", _client_name(filename)).lstrip(".")[-100:] or "upload"
+
+
+def _png_base64(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _limited_receive(receive, max_bytes: int):
+    """Wrap an ASGI receive so a body over ``max_bytes`` stops being read (chunked bodies too)."""
+    received = 0
+
+    async def limited():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise UploadTooLarge(f"request body over {max_bytes / (1024 * 1024):.0f} MB")
+        return message
+
+    return limited
+
+
+def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+               max_files: int = DEFAULT_MAX_FILES, service: ModelService | None = None):
+    """The FastAPI app for ``run_dir``; the model is loaded here, before the first request."""
+    if max_upload_mb <= 0 or max_files < 1:
+        raise ValueError("the upload limit must be positive and at least one file must be allowed per request")
+    service = service or ModelService(run_dir, engine)
+    limits = Limits(int(max_upload_mb * 1024 * 1024), max_files)
+    page = resources.files("pneumoscan").joinpath("static/index.html").read_text(encoding="utf-8")
+    app = FastAPI(title="pneumoscan", version=service.health()["pneumoscan_version"],
+                  docs_url=None, redoc_url=None)  # the docs pages load scripts from a CDN
+    app.state.service = service
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(UploadTooLarge)
+    async def too_large(request, exc):
+        return error(413, f"upload too large: {exc}; the limit is {limits.describe_file_limit()}, "
+                          f"{limits.max_files} files per request")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error(400, f"invalid request: {problems}")
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc):
+        # The client gets one line; the traceback goes to the server log only.
+        log.exception("error while handling %s %s", request.method, request.url.path)
+        return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page, headers={
+            # Everything the page needs is inline; nothing may be loaded from elsewhere.
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                       "img-src data:; connect-src 'self'; form-action 'self'",
+        })
+
+    @app.get("/health")
+    async def health():
+        return service.health()
+
+    @app.post("/api/predict")
+    async def predict(request: Request, gradcam: bool = False):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+            raise UploadTooLarge(f"request of {int(declared) / (1024 * 1024):.1f} MB")
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            return error(400, f"send the images as multipart/form-data in the field '{UPLOAD_FIELD}'")
+        limited = Request(request.scope, receive=_limited_receive(request.receive, limits.max_request_bytes))
+        form = await limited.form(max_files=limits.max_files)
+        try:
+            files = [f for f in form.getlist(UPLOAD_FIELD) if isinstance(f, UploadFile)]
+            if not files:
+                return error(400, f"no file uploaded: send one or more images in the multipart field '{UPLOAD_FIELD}'")
+            for f in files:
+                if f.size is not None and f.size > limits.max_file_bytes:
+                    raise UploadTooLarge(f"{f.filename} is {f.size / (1024 * 1024):.1f} MB")
+            uploads = [(_client_name(f.filename), await f.read()) for f in files]
+        finally:
+            await form.close()
+        results = await run_in_threadpool(service.analyse, uploads, gradcam)
+        return {"model_id": service.model_id, "engine": service.engine,
+                "threshold": service.predictor.threshold, "results": results}
+
+    return app
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, engine: str = "keras",
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES) -> None:
+    """Load the run's model and serve the app until interrupted."""
+    import uvicorn
+
+    app = create_app(run_dir, engine=engine, max_upload_mb=max_upload_mb, max_files=max_files)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: the app has no authentication; anyone who can reach this address can use it", host)
+    print(f"pneumoscan: serving {app.state.service.model_id} ({engine}) on http://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")

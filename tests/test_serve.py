@@ -1,0 +1,197 @@
+"""The web app: JSON API and page through FastAPI's TestClient, then the page in real headless Chromium."""
+import base64
+import hashlib
+import io
+import socket
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumoscan.predict import Predictor
+from pneumoscan.serve import ModelService, create_app
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def service(tiny_run):
+    return ModelService(tiny_run.root)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from fastapi.testclient import TestClient
+
+    return TestClient(create_app(service.run.root, service=service))
+
+
+@pytest.fixture(scope="module")
+def images(kermany_dir):
+    return [sorted((kermany_dir / "test" / cls).glob("*.jpeg"))[i] for cls in ("NORMAL", "PNEUMONIA") for i in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_run, images):
+    """What the library says for the same files: the app must agree exactly."""
+    table = Predictor.from_run(tiny_run.root).predict(images)
+    return {p.name: row for p, row in zip(images, table.to_dict("records"))}
+
+
+def upload(path, name=None):
+    return ("file", (name or path.name, path.read_bytes(), "image/jpeg"))
+
+
+def test_health_names_the_model(client, tiny_run):
+    body = client.get("/health").json()
+    sha = hashlib.sha256(tiny_run.model_file.read_bytes()).hexdigest()
+    assert body["status"] == "ok"
+    assert body["model_id"] == f"{tiny_run.root.name}-{sha[:12]}"
+    assert body["engine"] == "keras"
+    assert body["threshold"] == pytest.approx(tiny_run.metrics()["threshold"]["value"])
+
+
+def test_page_is_self_contained(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    page = response.text
+    assert '<input type="file" id="files" name="file" multiple' in page
+    assert "http://" not in page and "https://" not in page  # no CDN, no external resource
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+def test_predict_one_image_matches_the_library(client, images, expected):
+    response = client.post("/api/predict?gradcam=1", files=[upload(images[2])])
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    want = expected[images[2].name]
+    assert result["filename"] == images[2].name
+    assert result["probability"] == pytest.approx(want["probability"], abs=1e-6)
+    assert result["label"] == want["label"]
+    assert result["error"] is None and result["warnings"] == []
+    overlay = Image.open(io.BytesIO(base64.b64decode(result["gradcam_png_base64"])))
+    assert overlay.format == "PNG" and overlay.size == (64, 64) and overlay.mode == "RGB"
+    assert np.asarray(overlay).std() > 0  # a real picture, not a blank square
+
+
+def test_predict_several_with_bad_files_mixed_in(client, images, expected, tmp_path, monkeypatch):
+    # Uploads must live in a temporary folder that is gone after the request.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    files = [upload(images[0]), ("file", ("notes.jpeg", b"this is not an X-ray", "image/jpeg")),
+             upload(images[1]), ("file", ("../../etc/empty.png", b"", "image/png")), upload(images[3])]
+    response = client.post("/api/predict", files=files)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == [images[0].name, "notes.jpeg", images[1].name, "empty.png", images[3].name]
+    for result in (results[0], results[2], results[4]):
+        want = expected[result["filename"]]
+        assert result["probability"] == pytest.approx(want["probability"], abs=1e-6)
+        assert result["label"] == want["label"] and result["error"] is None
+        assert "gradcam_png_base64" not in result  # only on request
+    assert "not a readable image" in results[1]["error"] and results[1]["probability"] is None
+    assert results[3]["error"] == "empty file"
+    assert "pneumoscan-upload" not in response.text  # our temporary paths never reach the client
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_oversize_upload_is_refused_with_413(service, kermany_dir):
+    from fastapi.testclient import TestClient
+
+    small = TestClient(create_app(service.run.root, service=service, max_upload_mb=0.05))  # 50 KB
+    native = max((kermany_dir / "val" / "NORMAL").glob("*.jpeg"), key=lambda p: p.stat().st_size)
+    assert native.stat().st_size > 60 * 1024
+    response = small.post("/api/predict", files=[upload(native)])
+    assert response.status_code == 413
+    assert "upload too large" in response.json()["error"] and "0.05 MB per file" in response.json()["error"]
+    # A body larger than every allowed file together is refused before it is parsed...
+    many = small.post("/api/predict", files=[upload(native, f"{i}.jpeg") for i in range(17)])
+    assert many.status_code == 413 and "request of" in many.json()["error"]
+    # ...and so is one sent in chunks, without a Content-Length to check up front.
+    head = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jpeg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n")
+    chunked = small.post("/api/predict", content=iter([head] + [b"\xff" * 65536] * 40),
+                         headers={"content-type": "multipart/form-data; boundary=b"})
+    assert chunked.status_code == 413 and "request body over" in chunked.json()["error"]
+
+
+def test_requests_without_a_file_get_a_clear_400(client):
+    no_body = client.post("/api/predict")
+    assert no_body.status_code == 400 and "multipart/form-data" in no_body.json()["error"]
+    other_field = client.post("/api/predict", files=[("picture", ("a.jpeg", b"x", "image/jpeg"))])
+    assert other_field.status_code == 400
+    assert other_field.json()["error"].startswith("no file uploaded")
+
+
+def test_internal_error_is_json_without_traceback(service, images, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    def broken(*_):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(service, "analyse", broken)
+    response = TestClient(create_app(service.run.root, service=service), raise_server_exceptions=False).post(
+        "/api/predict", files=[upload(images[0])])
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error (RuntimeError); the server log has the details"}
+
+
+# --- the page in a real browser ----------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(service):
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service.run.root, service=service), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_upload_through_the_page_in_chromium(live_server, service, images, expected):
+    from playwright.sync_api import sync_playwright
+
+    requested = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: requested.append(r.url))
+            page.goto(live_server)
+            # (the page's CSP forbids eval, so waits use selectors, not wait_for_function)
+            page.wait_for_selector(f"#model:has-text('{service.model_id}')")
+            page.set_input_files("#files", [str(images[3]), str(images[0])])
+            page.click("#analyse")
+            page.wait_for_selector("#status:has-text('Done: 2 image(s)')", timeout=30_000)
+            cards = page.query_selector_all("article.result")
+            shown = {c.get_attribute("data-filename"): c for c in cards}
+            assert set(shown) == {images[3].name, images[0].name}
+            for name, card in shown.items():
+                want = expected[name]
+                assert float(card.get_attribute("data-probability")) == pytest.approx(want["probability"], abs=1e-6)
+                assert card.query_selector(".label").inner_text() == want["label"]
+                assert card.query_selector(".probability").inner_text() == f"{100 * want['probability']:.1f}%"
+                assert card.eval_on_selector("img.gradcam", "img => img.complete && img.naturalWidth") == 64
+        finally:
+            browser.close()
+    assert all(url.startswith(live_server) or url.startswith("data:") for url in requested), requested
