@@ -129,6 +129,17 @@ def test_requests_without_a_file_get_a_clear_400(client):
     assert other_field.json()["error"].startswith("no file uploaded")
 
 
+def test_onnx_engine_app_matches_keras(tiny_run, images, expected):
+    from fastapi.testclient import TestClient
+
+    onnx = ModelService(tiny_run.root, engine="onnx")
+    client = TestClient(create_app(tiny_run.root, service=onnx))
+    assert client.get("/health").json()["engine"] == "onnx"
+    (result,) = client.post("/api/predict?gradcam=1", files=[upload(images[1])]).json()["results"]
+    assert result["probability"] == pytest.approx(expected[images[1].name]["probability"], abs=1e-4)
+    assert result["gradcam_png_base64"]  # Grad-CAM still works: it uses the Keras model
+
+
 def test_internal_error_is_json_without_traceback(service, images, monkeypatch):
     from fastapi.testclient import TestClient
 

@@ -34,7 +34,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from .predict import WARNING_SEPARATOR
+from .export import model_id
+from .predict import WARNING_SEPARATOR, Predictor
 from .runs import Run
 
 log = logging.getLogger("pneumoscan.serve")
@@ -66,15 +67,13 @@ class ModelService:
     """Everything a request needs: the predictor, the model id, and (lazily) a Keras model for Grad-CAM."""
 
     def __init__(self, run_dir: str | Path, engine: str = "keras"):
-        from .export import model_id
-        from .predict import Predictor
-
         self.run = Run(Path(run_dir))
         self.engine = engine
         self.predictor = Predictor.from_run(self.run.root, engine=engine)
         self.model_id = model_id(self.run)
         self._keras_model = self.predictor.model if engine == "keras" else None
-        self._lock = threading.Lock()
+        self._explainer = None
+        self._lock = threading.RLock()
 
     def keras_model(self):
         """Grad-CAM needs gradients, so it always runs on the Keras model, whatever the engine."""
@@ -82,6 +81,15 @@ class ModelService:
             if self._keras_model is None:
                 self._keras_model = self.run.load_model()
             return self._keras_model
+
+    def explainer(self):
+        """One Grad-CAM explainer for the app's life: it traces its graph once, not per request."""
+        from .explain import GradCam
+
+        with self._lock:
+            if self._explainer is None:
+                self._explainer = GradCam(self.keras_model())
+            return self._explainer
 
     def health(self) -> dict:
         from . import __version__
@@ -128,14 +136,14 @@ class ModelService:
 
     def _add_gradcam(self, results: list[dict], paths: list[Path]) -> None:
         from .data.preprocess import load_preprocessed
-        from .explain import gradcam, overlay
+        from .explain import overlay
 
         good = [(r, p) for r, p in zip(results, paths) if r["error"] is None]
         if not good:
             return
         try:
             images = np.stack([load_preprocessed(p, self.predictor.image_size) for _, p in good])
-            maps = gradcam(self.keras_model(), images)
+            maps = self.explainer()(images)
         except Exception as exc:  # a missing heat map must not cost the user the prediction itself
             log.exception("Grad-CAM failed")
             for result, _ in good:
