@@ -103,6 +103,17 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .explain import explain_paths
+
+    table = explain_paths(args.run, args.inputs, args.out, layer=args.layer)
+    with_pd_options(lambda: print(table.to_string(index=False, na_rep="")))
+    failed = int((table["error"] != "").sum())
+    if failed:
+        print(f"pneumoscan: {failed} of {len(table)} inputs failed (see the error column)", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_export(args) -> int:
     from .export import export
 
@@ -133,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pneumoscan", description="Pneumonia detection on chest X-rays.")
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,report,export,serve,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,explain,report,export,serve,data}")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--data", help="Kermany folder, MedMNIST .npz or CSV manifest (default: $PNEUMOSCAN_DATA)")
@@ -167,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["keras", "onnx"], default="keras",
                    help="keras (model.keras) or onnx (ONNX Runtime; exported to RUN_DIR/export/ on first use)")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("explain", help="Grad-CAM heatmaps: where in each X-ray the model saw pneumonia")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for one PNG per image")
+    p.add_argument("--layer", metavar="NAME", help="spatial layer to explain (default: the last one)")
+    p.set_defaults(fn=cmd_explain)
 
     p = sub.add_parser("export", help="export a run's model to ONNX, SavedModel or TFLite")
     p.add_argument("run", metavar="RUN_DIR")
