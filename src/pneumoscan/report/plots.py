@@ -311,18 +311,24 @@ def _draw_samples(data: _RunData, out: Path) -> Path:
                                 picked["probability"].tolist(), out)
 
 
-def _draw_gradcam(data: _RunData, out: Path) -> Path:
+def gradcam_groups(model, cases: Mapping[str, pd.DataFrame], cfg) -> dict[str, tuple[np.ndarray, np.ndarray, list]]:
+    """{group: rows of predictions.csv} -> {group: (images, Grad-CAM maps, probabilities)} for
+    :func:`plot_gradcam_grid`; rows whose image cannot be read are left out with a warning."""
     from ..explain import gradcam
 
-    cases = select_gradcam_cases(data.split("test"))
-    loaded = {name: load_images(rows["path"].tolist(), data.cfg) for name, rows in cases.items()}
+    loaded = {name: load_images(rows["path"].tolist(), cfg) for name, rows in cases.items()}
     everything = np.concatenate([images for images, _ in loaded.values()])
     # One Grad-CAM pass over every case: the gradient graph is built once.
-    heatmaps = gradcam(data.run.load_model(), everything) if len(everything) else everything.astype(np.float32)
+    heatmaps = gradcam(model, everything) if len(everything) else everything.astype(np.float32)
     groups, start = {}, 0
     for name, (images, kept) in loaded.items():
         groups[name] = (images, heatmaps[start:start + len(images)], cases[name]["probability"].iloc[kept].tolist())
         start += len(images)
+    return groups
+
+
+def _draw_gradcam(data: _RunData, out: Path) -> Path:
+    groups = gradcam_groups(data.run.load_model(), select_gradcam_cases(data.split("test")), data.cfg)
     return plot_gradcam_grid(groups, out)
 
 
