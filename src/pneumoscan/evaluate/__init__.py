@@ -28,6 +28,7 @@ def split_report(y, p, threshold: float, cfg: Config) -> dict:
     entry = classification_metrics(y, p, threshold)
     entry["ci95"] = bootstrap_ci(y, p, threshold, cfg.evaluate.bootstrap, cfg.evaluate.seed)
     entry["at_0.5"] = classification_metrics(y, p, 0.5)
+    entry["at_0.5"]["ci95"] = bootstrap_ci(y, p, 0.5, cfg.evaluate.bootstrap, cfg.evaluate.seed)
     return entry
 
 
