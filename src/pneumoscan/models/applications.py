@@ -48,5 +48,6 @@ def backbone_model(name: str, image_size: int, dropout: float = 0.3, weights: st
     x = layers.Concatenate(name="to_rgb")([inputs, inputs, inputs])
     x = base(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(2, activation="softmax", name="probs")(x)
+    # float32 even under mixed precision: stable probabilities and loss.
+    outputs = layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)

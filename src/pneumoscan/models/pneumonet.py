@@ -36,5 +36,6 @@ def pneumonet(image_size: int, dropout: float = 0.3, width: int = 32, depth: tup
             x = _block(x, filters, 2 if b == 0 else 1, f"stage{stage + 1}_block{b + 1}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(2, activation="softmax", name="probs")(x)
+    # float32 even under mixed precision: stable probabilities and loss.
+    outputs = layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="pneumonet")

@@ -16,5 +16,6 @@ def seed_cnn(image_size: int, dropout: float = 0.5, width: int = 32, **_) -> ker
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
-    outputs = layers.Dense(2, activation="softmax", name="probs")(x)
+    # float32 even under mixed precision: stable probabilities and loss.
+    outputs = layers.Dense(2, activation="softmax", name="probs", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="seed_cnn")
