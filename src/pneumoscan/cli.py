@@ -12,6 +12,7 @@ FLAG_KEYS = {  # flag -> config section.key
     "model": ("model", "name"), "epochs": ("train", "epochs"), "image_size": ("data", "image_size"),
     "batch_size": ("train", "batch_size"), "seed": ("train", "seed"), "source": ("data", "source"),
     "max_per_class": ("data", "max_per_class"), "max_minutes": ("train", "max_minutes"),
+    "precision": ("train", "precision"), "jit_compile": ("train", "jit_compile"), "strategy": ("train", "strategy"),
 }
 
 
@@ -25,14 +26,23 @@ def _overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    from .distribute import placement_for
+    from .runs import Run
+
+    if not args.resume and not args.out:
+        raise ConfigError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+    cfg = Run(Path(args.resume)).config() if args.resume else resolve(args.config, _overrides(args))
+    # First, before TensorFlow runs anything: MultiWorkerMirroredStrategy must be created then.
+    placement = placement_for(cfg.train)
     from .train import train
 
     if args.resume:
-        run = train(None, data=args.data, out=args.resume, resume=True)
+        run = train(None, data=args.data, out=args.resume, resume=True, placement=placement)
     else:
-        if not args.out:
-            raise ConfigError("train needs --out RUN_DIR (or --resume RUN_DIR)")
-        run = train(resolve(args.config, _overrides(args)), data=args.data, out=args.out)
+        run = train(cfg, data=args.data, out=args.out, placement=placement)
+    if not placement.is_chief:
+        print(f"pneumoscan: worker {placement.worker_index} finished; the chief writes {run.root}")
+        return 0
     _print_metrics(json.loads(run.metrics_file.read_text()), run.root)
     return 0
 
@@ -159,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=["auto", "kermany", "medmnist", "csv"])
     p.add_argument("--max-per-class", type=int, help="use at most N images per class and split (quick runs)")
     p.add_argument("--max-minutes", type=float, help="training time budget")
+    p.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                   help="auto: float32 on CPU, mixed_float16 on GPU")
+    p.add_argument("--jit-compile", choices=["auto", "on", "off"], help="XLA; auto: off on CPU, on for one GPU")
+    p.add_argument("--strategy", choices=["auto", "one", "mirrored", "multiworker"],
+                   help="tf.distribute strategy; auto: multiworker if TF_CONFIG, mirrored if >1 GPU, else one")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any other config value")
     p.set_defaults(fn=cmd_train)
 
@@ -222,14 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.download import DownloadError
     from .data.sources import DataSourceError
+    from .distribute import DistributeError
     from .export import ExportError
     from .models import WeightsError
     from .runs import RunError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataSourceError, DownloadError, ExportError, RunError, WeightsError, ValueError,
-            OSError) as exc:
+    except (ConfigError, DataSourceError, DistributeError, DownloadError, ExportError, RunError, WeightsError,
+            ValueError, OSError) as exc:
         print(f"pneumoscan: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

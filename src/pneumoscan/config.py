@@ -60,6 +60,16 @@ class TrainConfig:
     patience: int = 8
     max_minutes: float | None = 28.0  # wall-clock budget; training stops after the epoch that crosses it
     seed: int = 42
+    # Hardware (see pneumoscan.precision and pneumoscan.distribute). "auto" picks per device:
+    # float32 without XLA on CPU (measured fastest), mixed_float16 with XLA on one GPU.
+    precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
+    jit_compile: str = "auto"  # auto | on | off
+    strategy: str = "auto"  # auto | one | mirrored | multiworker
+    devices: str | None = None  # mirrored: e.g. "/gpu:0,/gpu:1"; default every local GPU
+    # With several replicas, batch_size is per replica and learning_rate is scaled by the
+    # replica count; batch-norm statistics are then taken over the global batch.
+    sync_batchnorm: bool = True
+    worker_timeout: float | None = 600.0  # multiworker: seconds without progress before the job fails
 
 
 @dataclass
@@ -207,6 +217,13 @@ def validate(config: Config) -> None:
         raise ConfigError("train.learning_rate must be positive")
     if t.class_weight not in ("balanced", "none"):
         raise ConfigError(f"train.class_weight must be balanced or none, not {t.class_weight!r}")
+    for key, allowed in (("precision", ("auto", "float32", "mixed_float16", "mixed_bfloat16")),
+                         ("jit_compile", ("auto", "on", "off")),
+                         ("strategy", ("auto", "one", "mirrored", "multiworker"))):
+        if getattr(t, key) not in allowed:
+            raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, not {getattr(t, key)!r}")
+    if t.worker_timeout is not None and t.worker_timeout <= 0:
+        raise ConfigError("train.worker_timeout must be a positive number of seconds or none")
     _validate_threshold_rule(config.evaluate.threshold_rule)
 
 
