@@ -6,6 +6,7 @@
 - Two ``multiworker`` processes on 127.0.0.1 (TF_CONFIG): a worker killed after the first
   epoch makes the chief fail with a clear message within a bounded time; both restarted
   with ``--resume`` finish the run, and the chief alone writes a complete run directory.
+  A worker whose peer never starts stops after ``train.worker_timeout``, not never.
 
 Each scenario runs in subprocesses: logical devices and MultiWorkerMirroredStrategy must be
 set up before TensorFlow starts, and must not leak into other tests.
@@ -116,13 +117,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_workers(args: list[str], tmp_path: Path, tag: str) -> list[tuple[subprocess.Popen, Path]]:
+def start_workers(args: list[str], tmp_path: Path, tag: str, start: int = 2) -> list[tuple[subprocess.Popen, Path]]:
+    """Start the first ``start`` workers of a 2-worker cluster on 127.0.0.1."""
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     scratch = tmp_path / f"{tag}-tmp"  # where non-chief workers make their temporary run directory
     scratch.mkdir()
     workers = []
-    for index in range(2):
+    for index in range(start):
         env = dict(_env(tmp_path), TMPDIR=str(scratch))
         env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         log = tmp_path / f"{tag}-worker{index}.log"
@@ -171,10 +173,22 @@ def killed_job(shared_data, tmp_path_factory):
 
 def test_a_killed_worker_fails_the_job_with_a_clear_message(killed_job):
     assert killed_job["chief_rc"] == 2, killed_job["chief_log"][-3000:]
+    print(f"\nthe chief stopped {killed_job['seconds_to_fail']:.1f} s after the kill")
     assert killed_job["seconds_to_fail"] < FAIL_WITHIN_S, killed_job["seconds_to_fail"]
     assert "pneumoscan: error: lost contact with another worker" in killed_job["chief_log"]
     assert "--resume" in killed_job["chief_log"]
     assert "Traceback" not in killed_job["chief_log"]
+
+
+def test_a_worker_whose_peer_never_joins_stops_after_the_worker_timeout(shared_data, tmp_path):
+    # Only worker 0 of a 2-worker cluster starts: TensorFlow would wait for worker 1 for a
+    # long time, holding the GIL; the watchdog process ends it after train.worker_timeout.
+    args = ["--data", str(shared_data), "--out", str(tmp_path / "run"), *TINY_CLI, "--set", "train.worker_timeout=8"]
+    ((rc, log),) = finish(start_workers(args, tmp_path, "alone", start=1), timeout=90)
+    assert rc != 0
+    assert "pneumoscan: error: worker 0: no progress for 8 s while waiting for every worker in TF_CONFIG to join" in log
+    assert "--resume" in log and "Traceback" not in log
+    assert not (tmp_path / "run").exists()
 
 
 def test_restarted_workers_resume_and_only_the_chief_writes_the_run(killed_job):

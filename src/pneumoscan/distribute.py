@@ -28,8 +28,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,36 +321,69 @@ def _fix_keras_multiworker() -> None:
 
 
 # ------------------------------------------------------------------ failures
-class Watchdog:
-    """Ends the process with a clear message when a worker stops making progress.
+# The watchdog itself runs in a separate process: while TensorFlow waits inside C++ (for a
+# worker to join, or in a collective) it can hold the GIL, so no Python thread of this process
+# would run, and it catches SIGTERM. The child reads one line per sign of progress from a
+# pipe; after `timeout` seconds without one it prints the error and SIGKILLs the trainer.
+# When the trainer exits, the pipe closes and the child exits too.
+_WATCHDOG_CHILD = r"""
+import os, select, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the trainer
+parent, timeout, who = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+what, last, pending = "starting", time.monotonic(), b""
+while True:
+    ready, _, _ = select.select([0], [], [], 1.0)
+    if ready:
+        data = os.read(0, 65536)
+        if not data:
+            sys.exit(0)
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            if line == b"STOP":
+                sys.exit(0)
+            what, last = line.decode(errors="replace") or what, time.monotonic()
+    elif time.monotonic() - last > timeout:
+        print(f"pneumoscan: error: {who}: no progress for {timeout:g} s while {what}; another worker is down, "
+              "hung or unreachable. The job stopped. Start every worker again with `pneumoscan train --resume "
+              "RUN_DIR` (raise train.worker_timeout if the workers are only slow)", file=sys.stderr, flush=True)
+        os.kill(parent, signal.SIGKILL)  # files are written atomically: nothing is left half-written
+        sys.exit(0)
+"""
 
-    TensorFlow reports a peer that dies (connection reset) at once, but a peer that hangs,
-    never joins or sits behind a dead network link can leave the others waiting forever.
+
+class Watchdog:
+    """Ends this process with a clear message when it stops making progress for ``timeout`` s.
+
+    TensorFlow reports a peer that dies within seconds (missed heartbeats, reset
+    connections), but a peer that never joins, or hangs while still answering heartbeats,
+    can leave the others waiting for a very long time.
     """
 
     def __init__(self, timeout: float, who: str):
-        self.timeout, self.who = float(timeout), who
-        self._last, self._what = time.monotonic(), "starting"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="pneumoscan-watchdog", daemon=True)
-        self._thread.start()
+        import subprocess
+
+        read, self._pipe = os.pipe()
+        self._child = subprocess.Popen([sys.executable, "-c", _WATCHDOG_CHILD, str(os.getpid()), str(float(timeout)), who],
+                                       stdin=read, close_fds=True)
+        os.close(read)
 
     def kick(self, what: str = "") -> None:
-        self._last = time.monotonic()
-        if what:
-            self._what = what
+        self._send(what.replace("\n", " "))
 
     def stop(self) -> None:
-        self._stop.set()
+        if self._pipe is not None:
+            self._send("STOP")
+            os.close(self._pipe)
+            self._pipe = None
+            self._child.wait()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(min(5.0, self.timeout / 4)):
-            if time.monotonic() - self._last > self.timeout:
-                print(f"pneumoscan: error: {self.who}: no progress for {self.timeout:g} s while {self._what}; "
-                      "another worker is down, hung or unreachable. The job stopped. Start every worker again "
-                      "with `pneumoscan train --resume RUN_DIR` (raise train.worker_timeout if the workers "
-                      "are only slow)", file=sys.stderr, flush=True)
-                os._exit(2)  # the main thread is stuck inside TensorFlow; files are written atomically
+    def _send(self, line: str) -> None:
+        if self._pipe is None:
+            return
+        try:
+            os.write(self._pipe, (line + "\n").encode())
+        except OSError:  # the watchdog process is gone: nothing left to tell
+            pass
 
 
 _FAILURE_HINTS = (  # what TensorFlow's message says -> what happened, in words
