@@ -66,8 +66,11 @@ def test_a_killed_run_resumes_after_its_last_completed_epoch(tmp_path, kermany_d
     assert not (run / "metrics.json").exists()
     assert (run / "checkpoints" / "last.keras").is_file()
 
+    # What a kill in the middle of an atomic write leaves behind: the temporary, never the target.
+    (run / "checkpoints" / ".tmp-abc123-last.keras").write_bytes(b"half a checkpoint")
     # The same command in this process: it saves a second TensorFlow start-up.
     assert main(["train", "--resume", str(run)]) == 0
+    assert not list(run.rglob(".tmp-*")), "resume must clear stale temporaries"
     output = "".join(capsys.readouterr())
     assert f"resuming {run} after epoch {done}" in output
 

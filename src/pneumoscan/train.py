@@ -72,6 +72,7 @@ def train(cfg: Config, data: str | Path | None = None, out: str | Path = "runs/l
     placement = placement or placement_for(cfg.train)
     state = None
     if resume:
+        _remove_stale_temporaries(run)
         state = RunCheckpoint.load_state(run)
         if state and state.get("complete"):
             print(f"pneumoscan: {run.root} already finished; nothing to resume")
@@ -170,6 +171,13 @@ def _train(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict |
     atomic_write_json(checkpoint.state_file, checkpoint.state)
     write_report_or_warn(run)
     return run
+
+
+def _remove_stale_temporaries(run: Run) -> None:
+    # A run killed mid-write leaves its atomic-write temporary (never the target) behind.
+    for folder in (run.root, run.checkpoint_dir):
+        for tmp in folder.glob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
 
 
 def write_report_or_warn(run: Run) -> None:
