@@ -15,7 +15,7 @@ import numpy as np
 
 from ..paths import atomic_write, cache_dir
 from .preprocess import PREPROCESS_VERSION, ImageReadError, load_preprocessed, preprocess_array
-from .sources import Collection
+from .sources import Collection, parse_medmnist_row
 
 
 def _fingerprint(collection: Collection, size: int) -> str:
@@ -58,8 +58,8 @@ def load_images(collection: Collection, size: int, use_cache: bool = True) -> np
     if collection.kind == "medmnist":
         recs = collection.records
         images = np.stack([
-            preprocess_array(collection.arrays[s][int(p.rsplit(":", 1)[1])], size)
-            for p, s in zip(recs["path"], recs["split"])
+            preprocess_array(collection.arrays[split][index], size)
+            for split, index in map(parse_medmnist_row, recs["path"])
         ]) if len(recs) else np.zeros((0, size, size), np.uint8)
         return images
     key = _fingerprint(collection, size)

@@ -101,6 +101,19 @@ def read_kermany(path: str | Path) -> Collection:
 
 
 # ---------------------------------------------------------------- MedMNIST npz
+def medmnist_row_id(npz: Path, split: str, index: int) -> str:
+    """The ``path`` of a MedMNIST image in records and run files: ``<file>.npz:<split>:<index>``."""
+    return f"{Path(npz).name}:{split}:{index}"
+
+
+def parse_medmnist_row(path: str) -> tuple[str, int] | None:
+    """(split, index) of a :func:`medmnist_row_id`, or None for any other path."""
+    parts = str(path).rsplit(":", 2)
+    if len(parts) != 3 or not parts[0].endswith(".npz") or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
 def read_medmnist(path: str | Path) -> Collection:
     path = Path(path)
     try:
@@ -120,7 +133,7 @@ def read_medmnist(path: str | Path) -> Collection:
                 raise DataSourceError(f"{path}: {ki} has shape {images.shape}, labels {labels.shape}")
             arrays[split] = np.ascontiguousarray(images.astype(np.uint8))
             # No patient ids in MedMNIST: each image is its own group.
-            rows += [(f"{path.name}:{split}:{i}", int(y), f"{split}:{i}", split) for i, y in enumerate(labels)]
+            rows += [(medmnist_row_id(path, split, i), int(y), f"{split}:{i}", split) for i, y in enumerate(labels)]
     records = pd.DataFrame(rows, columns=["path", "label", "patient_id", "split"])
     return Collection(records, "medmnist", path, [], arrays)
 

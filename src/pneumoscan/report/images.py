@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import Config
 from ..data.preprocess import ImageReadError, load_preprocessed, preprocess_array
-from ..data.sources import DataSourceError, read_source
+from ..data.sources import DataSourceError, parse_medmnist_row, read_source
 
 
 def _medmnist_arrays(cfg: Config) -> dict[str, np.ndarray] | None:
@@ -33,15 +33,16 @@ def load_images(paths: list[str], cfg: Config) -> tuple[np.ndarray, list[int]]:
     arrays = None
     for i, path in enumerate(paths):
         try:
-            if Path(path).exists() or path.count(":") != 2 or ".npz:" not in path:
+            row = None if Path(path).exists() else parse_medmnist_row(path)
+            if row is None:
                 images.append(load_preprocessed(path, size))
-            else:  # a MedMNIST row: <file>.npz:<split>:<index>
+            else:
                 if arrays is None:
                     arrays = _medmnist_arrays(cfg) or {}
-                _, split, index = path.rsplit(":", 2)
-                if split not in arrays or not index.isdigit() or int(index) >= len(arrays[split]):
+                split, index = row
+                if split not in arrays or index >= len(arrays[split]):
                     raise ImageReadError(path, f"not found in the run's MedMNIST data at {cfg.data.path}")
-                images.append(preprocess_array(arrays[split][int(index)], size))
+                images.append(preprocess_array(arrays[split][index], size))
             kept.append(i)
         except ImageReadError as exc:
             print(f"pneumoscan: warning: {exc}; left out of the report's images", file=sys.stderr)
