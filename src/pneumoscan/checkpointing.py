@@ -18,6 +18,10 @@ from .paths import atomic_write, atomic_write_json
 from .runs import Run
 
 
+def _state_file(run: Run):
+    return run.checkpoint_dir / "state.json"
+
+
 class RunCheckpoint(keras.callbacks.Callback):
     def __init__(self, run: Run, monitor: str, patience: int, max_minutes: float | None, state: dict | None = None):
         super().__init__()
@@ -35,11 +39,11 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     @property
     def state_file(self):
-        return self.run.checkpoint_dir / "state.json"
+        return _state_file(self.run)
 
     @classmethod
     def load_state(cls, run: Run) -> dict | None:
-        file = run.checkpoint_dir / "state.json"
+        file = _state_file(run)
         return json.loads(file.read_text()) if file.is_file() else None
 
     def on_epoch_begin(self, epoch, logs=None):
