@@ -61,12 +61,12 @@ def busy_processes() -> list[str]:
 
 def small_run(data: str, out: Path) -> Path:
     from pneumoscan.config import resolve
-    from pneumoscan.train import train
+    from pneumoscan.api import train
 
     overrides = {"data": {"source": "kermany", "max_per_class": 100},
                  "train": {"epochs": 1, "max_minutes": None}, "evaluate": {"bootstrap": 100}}
     print(f"no --run given: training a small run of the default model into {out}", flush=True)
-    return train(resolve(overrides=overrides), data, out, verbose=0).root
+    return train(data, out, config=resolve(overrides=overrides), verbose=0).root
 
 
 def test_images(data: Path, count: int) -> list[Path]:
@@ -82,7 +82,7 @@ def test_images(data: Path, count: int) -> list[Path]:
 
 def throughput(run: Path, arrays: np.ndarray, repeats: int) -> dict[tuple[str, int], float]:
     """Images per second, the median of ``repeats`` timed passes after one warm-up pass."""
-    from pneumoscan.predict import Predictor
+    from pneumoscan.inference.predictor import Predictor
 
     out = {}
     for engine in ENGINES:
@@ -307,12 +307,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="pneumoscan-bench-") as scratch:
         os.environ.setdefault("PNEUMOSCAN_CACHE", str(Path(scratch) / "cache"))
         run = Path(args.run) if args.run else small_run(str(data), Path(scratch) / "run")
-        from pneumoscan.data.preprocess import load_preprocessed
+        from pneumoscan.imaging import load_image
         from pneumoscan.runs import Run
 
         size = Run(run).config().data.image_size
         files = test_images(data, args.images)
-        arrays = np.stack([load_preprocessed(p, size) for p in files])
+        arrays = np.stack([load_image(p, size).array for p in files])
         print(f"throughput on {len(arrays)} images at {size} px", flush=True)
         rates = throughput(run, arrays, args.repeats)
         print(f"app latency, {CLIENTS} clients, {args.requests} requests per engine", flush=True)

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pneumoscan.config import parse_overrides, resolve
-from pneumoscan.train import train
+from pneumoscan.api import train
 
 TARGETS = {"accuracy": 0.92, "roc_auc": 0.96, "minutes": 30.0}
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     cfg.data.source = "kermany"
     out = Path(args.out or tempfile.mkdtemp(prefix="pneumoscan-quality-"))
     start = time.perf_counter()
-    run = train(cfg, args.data, out / "run" if not args.out else out)
+    run = train(args.data, out / "run" if not args.out else out, config=cfg)
     wall = time.perf_counter() - start
     metrics = json.loads(run.metrics_file.read_text())
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])

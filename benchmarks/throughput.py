@@ -108,8 +108,8 @@ def profiler_flops(model, image_size: int) -> int | None:
 
 def build(cfg, steps_per_epoch: int, precision: str = "float32", jit: bool = False):
     from pneumoscan.models import build_model
-    from pneumoscan.precision import dtype_policy
-    from pneumoscan.train import compile_model
+    from pneumoscan.training.precision import dtype_policy
+    from pneumoscan.training.loop import compile_model
 
     with dtype_policy(precision):
         model = build_model(cfg.model, cfg.data.image_size)
@@ -138,8 +138,8 @@ def time_fit(model, dataset, batch_size: int, warmup: int, steps: int, class_wei
 
 
 def pneumoscan_dataset(cfg, x, y):
-    from pneumoscan.data.augment import build_augmenter
-    from pneumoscan.data.pipeline import training_dataset
+    from pneumoscan.imaging.augment import build_augmenter
+    from pneumoscan.training.pipeline import training_dataset
 
     return training_dataset(x, y, cfg.train.batch_size, build_augmenter(cfg.augment, cfg.train.seed),
                             cfg.train.seed).repeat()
@@ -150,7 +150,7 @@ def notebook_dataset(cfg, train_dir: Path):
     import keras
     import tensorflow as tf
 
-    from pneumoscan.data.augment import build_augmenter
+    from pneumoscan.imaging.augment import build_augmenter
 
     size = cfg.data.image_size
     ds = keras.utils.image_dataset_from_directory(
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
     from pneumoscan.config import parse_overrides, resolve
     from pneumoscan.data.dataset import prepare
     from pneumoscan.data.sources import find_kermany_root
-    from pneumoscan.train import class_weights
+    from pneumoscan.training.loop import class_weights
 
     cfg = resolve(overrides=parse_overrides(args.set))
     cfg.data.source = "kermany"

@@ -7,9 +7,41 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    """The real data: $PNEUMOSCAN_DATA, else ../shared/data beside the repository."""
-    root = Path(os.environ.get("PNEUMOSCAN_DATA", REPO.parent / "shared" / "data"))
+    """The real data: $PNEUMOSCAN_DATA, else ../shared/data beside the repository.
+
+    A relative $PNEUMOSCAN_DATA (the README's own commands use ../shared/data) means relative
+    to where pytest was started; it is made absolute once, here, and written back, so every
+    process a test starts (a notebook kernel in notebooks/, a CLI in a temporary folder)
+    finds the same folder.
+    """
+    root = Path(os.path.abspath(Path(os.environ.get("PNEUMOSCAN_DATA", REPO.parent / "shared" / "data")).expanduser()))
+    if "PNEUMOSCAN_DATA" in os.environ:
+        os.environ["PNEUMOSCAN_DATA"] = str(root)
     return root
+
+
+shared_data_dir()  # at collection time, before any test changes the working directory
+
+
+def find_chromium() -> str:
+    """The system Chromium (scripts/setup.sh installs it); a missing browser fails the browser tests."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("no Chromium found on PATH (chromium, chromium-browser or google-chrome): "
+                "run `bash scripts/setup.sh`, which installs it")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    return find_chromium()
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +71,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 TINY_OVERRIDES = {
     "data": {"source": "kermany", "image_size": 64, "max_per_class": 40},
     "model": {"name": "pneumonet_small", "width": 8},
-    "train": {"epochs": 2, "max_minutes": None, "batch_size": 16},
+    "train": {"epochs": 2, "max_minutes": None, "batch_size": 16, "tensorboard": True},
     "evaluate": {"bootstrap": 100},
 }
 
@@ -50,10 +82,10 @@ def tiny_run(tmp_path_factory, shared_data):
     shared by every test that needs a trained model."""
     os.environ.setdefault("PNEUMOSCAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     from pneumoscan.config import resolve
-    from pneumoscan.train import train
+    from pneumoscan.api import train
 
     out = tmp_path_factory.mktemp("tiny") / "run"
-    return train(resolve(overrides=TINY_OVERRIDES), shared_data, out, verbose=0)
+    return train(shared_data, out, config=resolve(overrides=TINY_OVERRIDES), verbose=0)
 
 
 @pytest.fixture(scope="session")

@@ -77,3 +77,21 @@ def test_argparse_usage_errors_exit_2_without_traceback():
     result = subprocess.run([str(CLI), "train", "--epochs", "three"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "invalid int value: 'three'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_commands_print_no_tensorflow_start_up_noise(tiny_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = Path(sys.executable).parent / "pneumoscan"
+    quiet = subprocess.run([str(cli), "predict", str(tiny_run.root), str(tmp_path / "missing.jpeg")],
+                           capture_output=True, text=True)
+    assert quiet.returncode == 1, quiet.stderr
+    everything = quiet.stdout + quiet.stderr
+    for noise in ("oneDNN", "absl", "cpu_feature_guard", "I0000", "W0000"):
+        assert noise not in everything, everything
+    assert "missing.jpeg" in quiet.stdout and "1 of 1 inputs failed" in quiet.stderr
+    verbose = subprocess.run([str(cli), "--verbose", "predict", str(tiny_run.root), str(tmp_path / "missing.jpeg")],
+                             capture_output=True, text=True)
+    assert "oneDNN custom operations" in verbose.stderr  # what --verbose is for

@@ -10,7 +10,7 @@ import pytest
 
 from pneumoscan.config import Config, ConfigError, load_file, merge, parse_overrides, resolve
 
-DEFAULT_TOML = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
+DEFAULT_TOML = Path(__file__).resolve().parents[1] / "src" / "pneumoscan" / "configs" / "default.toml"
 
 
 def test_default_toml_is_exactly_the_built_in_defaults():

@@ -38,10 +38,11 @@ import keras
 import numpy as np
 from pneumoscan.config import resolve
 from pneumoscan.data.dataset import prepare
-from pneumoscan.data.pipeline import as_model_input
-from pneumoscan.distribute import make_placement, synchronize_batchnorm
+from pneumoscan.training.pipeline import as_model_input
+from pneumoscan.training.sharding import training_input
+from pneumoscan.training.strategy import make_placement, synchronize_batchnorm
 from pneumoscan.models import build_model
-from pneumoscan.train import class_weights, compile_model
+from pneumoscan.training.loop import class_weights, compile_model
 
 GLOBAL_BATCH, BASE_RATE = 16, 1e-3
 cfg = resolve(overrides={"data": {"source": "kermany", "image_size": 64, "max_per_class": 24},
@@ -66,7 +67,7 @@ def trial(strategy, devices, per_replica_batch, learning_rate):
             synchronize_batchnorm(model)
         compile_model(model, cfg, len(x) // GLOBAL_BATCH, placement.replicas, jit_compile=False)
         model.set_weights(initial)
-    data, steps = placement.training_input(batches, len(x), GLOBAL_BATCH)
+    data, steps = training_input(placement, batches, len(x), GLOBAL_BATCH)
     history = model.fit(data, steps_per_epoch=steps, epochs=cfg.train.epochs,
                         class_weight=class_weights(y, "balanced"), verbose=0, shuffle=False)
     return {"replicas": placement.replicas, "loss": [float(v) for v in history.history["loss"]],
@@ -216,15 +217,18 @@ def test_restarted_workers_resume_and_only_the_chief_writes_the_run(killed_job):
 
 
 # ------------------------------------------------------------------ precision, flags, setup errors
-def test_auto_precision_and_xla_on_this_cpu_are_float32_without_xla():
-    from pneumoscan.precision import resolve_jit, resolve_precision
+def test_auto_precision_and_xla_follow_the_device():
+    from pneumoscan.training.precision import on_gpu, resolve_jit, resolve_precision
 
     assert resolve_precision("auto", gpu=False) == "float32"
     assert resolve_jit("auto", gpu=False) is False
     assert resolve_precision("auto", gpu=True) == "mixed_float16"
     assert resolve_jit("auto", replicas=1, gpu=True) is True
     assert resolve_jit("auto", replicas=2, gpu=True) is False
-    assert resolve_precision("auto") == "float32" and resolve_jit("auto") is False  # this machine has no GPU
+    # Without an explicit device, whatever this host has: the same rule, on a CPU or a GPU host.
+    gpu = on_gpu()
+    assert resolve_precision("auto") == ("mixed_float16" if gpu else "float32")
+    assert resolve_jit("auto") is gpu
 
 
 def test_mixed_precision_keeps_the_softmax_in_float32_and_trains(kermany_dir):
@@ -232,10 +236,10 @@ def test_mixed_precision_keeps_the_softmax_in_float32_and_trains(kermany_dir):
     import numpy as np
 
     from pneumoscan.config import Config
-    from pneumoscan.data.preprocess import load_preprocessed
+    from pneumoscan.imaging import load_image
     from pneumoscan.models import build_model
-    from pneumoscan.precision import dtype_policy
-    from pneumoscan.train import compile_model
+    from pneumoscan.training.precision import dtype_policy
+    from pneumoscan.training.loop import compile_model
 
     cfg = Config()
     cfg.model.name, cfg.model.width = "pneumonet_small", 8
@@ -245,7 +249,7 @@ def test_mixed_precision_keeps_the_softmax_in_float32_and_trains(kermany_dir):
     assert model.get_layer("stem_conv").compute_dtype == "bfloat16"
     assert model.get_layer("probs").compute_dtype == "float32"
     files = sorted((kermany_dir / "train" / "NORMAL").glob("*.jpeg"))[:4] + sorted((kermany_dir / "train" / "PNEUMONIA").glob("*.jpeg"))[:4]
-    x = np.stack([load_preprocessed(f, 32) for f in files]).astype("float32")[..., None]
+    x = np.stack([load_image(f, 32).array for f in files]).astype("float32")[..., None]
     y = np.eye(2, dtype="float32")[[0] * 4 + [1] * 4]
     assert model(x).dtype == "float32"
     compile_model(model, cfg, steps_per_epoch=1, jit_compile=False)

@@ -256,3 +256,56 @@ def test_urls_and_unknown_size(monkeypatch):
     assert medmnist_url(128) == "http://env-mirror/pneumoniamnist_128.npz"
     with pytest.raises(ValueError, match="28, 64, 128, 224"):
         download_medmnist(32)
+
+
+# ------------------------------------------------------------------ where the data comes from
+def test_auto_source_never_downloads_and_names_the_command(server, monkeypatch, tmp_path):
+    from pneumoscan.data.locate import resolve_data_path
+    from pneumoscan.errors import DataSourceError
+
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path))
+    monkeypatch.delenv("PNEUMOSCAN_DATA", raising=False)
+    monkeypatch.setenv(dl.MIRROR_ENV, server.url + "/")
+    with pytest.raises(DataSourceError, match="pneumoscan data download pneumoniamnist"):
+        resolve_data_path(None, "auto")
+    assert server.requests == []  # nothing was fetched behind the user's back
+
+
+def test_medmnist_source_downloads_with_an_announcement(server, monkeypatch, tmp_path, capsys):
+    from pneumoscan.data.locate import resolve_data_path
+
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path))
+    monkeypatch.delenv("PNEUMOSCAN_DATA", raising=False)
+    monkeypatch.setenv(dl.MIRROR_ENV, server.url + "/")
+    monkeypatch.setitem(dl.MEDMNIST_FILES, 28, (NAME, LOCAL_MD5))
+    path = resolve_data_path(None, "medmnist")
+    assert path == tmp_path / "medmnist" / NAME and md5sum(path) == LOCAL_MD5
+    assert "downloading it (28 px" in capsys.readouterr().err
+    assert resolve_data_path(None, "auto") == path  # found in the cache from now on, no new request
+    assert len(server.requests) == 1
+
+
+def test_relative_data_paths_resolve_against_the_callers_directory(monkeypatch, tmp_path, shared_data):
+    from pneumoscan.data.locate import resolve_data_path
+
+    monkeypatch.chdir(shared_data.parent)
+    relative = Path(shared_data.name) / "chest_xray_kermany_224"
+    monkeypatch.setenv("PNEUMOSCAN_DATA", str(relative))
+    found = resolve_data_path(None)
+    assert found.is_absolute() and found == shared_data / "chest_xray_kermany_224"
+    assert resolve_data_path(str(relative)) == found
+    monkeypatch.chdir(tmp_path)  # later steps run elsewhere: the resolved path still holds
+    assert (found / "train").is_dir()
+
+
+def test_a_relative_data_variable_is_made_absolute_for_every_process(monkeypatch, shared_data):
+    # The README's own command is PNEUMOSCAN_DATA=../shared/data pytest: a notebook kernel runs
+    # in notebooks/, so the suite must hand on an absolute path.
+    import os
+
+    from conftest import REPO, shared_data_dir
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PNEUMOSCAN_DATA", os.path.relpath(shared_data, REPO))
+    assert shared_data_dir() == shared_data
+    assert os.environ["PNEUMOSCAN_DATA"] == str(shared_data)

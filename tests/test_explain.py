@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pneumoscan.models import load_run_model
 from pneumoscan.cli import main
 from pneumoscan.config import ModelConfig
-from pneumoscan.data.preprocess import load_preprocessed
-from pneumoscan.explain import explain_paths, find_last_conv_layer, gradcam, overlay, spatial_layer_names
+from pneumoscan.imaging import load_image
+from pneumoscan.inference.explain import explain_paths
+from pneumoscan.report.gradcam import find_last_conv_layer, gradcam, overlay, spatial_layer_names
 from pneumoscan.models import build_model
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 
 SIZE = 64  # the tiny_run fixture's image size
 
@@ -26,12 +28,12 @@ def xray_paths(kermany_dir):
 
 @pytest.fixture(scope="module")
 def xrays(xray_paths):
-    return np.stack([load_preprocessed(p, SIZE) for p in xray_paths])
+    return np.stack([load_image(p, SIZE).array for p in xray_paths])
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_run):
-    return tiny_run.load_model()
+    return load_run_model(tiny_run)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,12 @@ import pytest
 
 import pneumoscan
 from pneumoscan import cli
-from pneumoscan.data.preprocess import load_preprocessed
-from pneumoscan.engines import OnnxEngine, load_engine
-from pneumoscan.export import ExportError, ensure_onnx, export, model_sha256
-from pneumoscan.predict import Predictor
+from pneumoscan.imaging import load_image
+from pneumoscan.deploy.export import export
+from pneumoscan.errors import ExportError
+from pneumoscan.inference.engines import OnnxEngine, ensure_onnx, load_engine
+from pneumoscan.models import load_run_model
+from pneumoscan.inference.predictor import Predictor
 from pneumoscan.runs import Run
 
 TOLERANCE = 1e-4
@@ -29,12 +31,12 @@ def test_images(kermany_dir):
 @pytest.fixture(scope="module")
 def arrays(tiny_run, test_images):
     size = tiny_run.config().data.image_size
-    return np.stack([load_preprocessed(p, size) for p in test_images])
+    return np.stack([load_image(p, size).array for p in test_images])
 
 
 @pytest.fixture(scope="module")
 def keras_softmax(tiny_run, arrays):
-    model = tiny_run.load_model()
+    model = load_run_model(tiny_run)
     return np.asarray(model(arrays[..., None].astype(np.float32), training=False))
 
 
@@ -99,7 +101,7 @@ def test_preprocessing_contract(export_dir, tiny_run):
     assert contract["output"]["class_names"] == ["NORMAL", "PNEUMONIA"]
     assert contract["run_id"] == tiny_run.root.name
     assert contract["pneumoscan_version"] == pneumoscan.__version__
-    sha = model_sha256(tiny_run.model_file)
+    sha = tiny_run.model_sha256()
     assert {fmt: e["file"] for fmt, e in contract["exports"].items()} == {
         "onnx": "model.onnx", "savedmodel": "savedmodel", "tflite": "model.tflite"}
     assert all(e["model_sha256"] == sha for e in contract["exports"].values())
@@ -114,7 +116,7 @@ def test_onnx_cache_is_reused_then_refreshed_when_the_model_changes(tiny_run, ar
     stamp = first.stat().st_mtime_ns
     assert ensure_onnx(run).stat().st_mtime_ns == stamp  # cached: not exported again
 
-    model = run.load_model()  # a retrained model: same run, different weights
+    model = load_run_model(run)  # a retrained model: same run, different weights
     dense = model.get_layer("probs")
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel, bias + np.array([1.0, -1.0], dtype=bias.dtype)])
@@ -123,7 +125,7 @@ def test_onnx_cache_is_reused_then_refreshed_when_the_model_changes(tiny_run, ar
     x = arrays[:8, ..., None].astype(np.float32)
     np.testing.assert_allclose(engine(x), np.asarray(model(x, training=False)), atol=TOLERANCE, rtol=0)
     recorded = json.loads((run_copy / "export" / "preprocessing.json").read_text())["exports"]["onnx"]
-    assert recorded["model_sha256"] == model_sha256(run.model_file)
+    assert recorded["model_sha256"] == run.model_sha256()
 
 
 def test_unknown_format_and_missing_run_are_clear_errors(tiny_run, tmp_path, capsys):

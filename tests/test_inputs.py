@@ -19,12 +19,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, JPEG2000Lossless,
                          JPEGLosslessSV1, generate_uid)
 
-from pneumoscan.data.cache import load_images
-from pneumoscan.data.guards import MAX_PIXELS
+from pneumoscan.data.cache import load_collection
 from pneumoscan.data.inputs import iter_inputs
-from pneumoscan.data.preprocess import (ImageReadError, load_checked, load_preprocessed, read_image,
-                                        to_grayscale)
 from pneumoscan.data.sources import read_source
+from pneumoscan.errors import ImageReadError
+from pneumoscan.imaging.guards import MAX_PIXELS
+from pneumoscan.imaging.loader import load_image, read_grayscale
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -36,7 +36,7 @@ def xray_jpeg(kermany_dir) -> Path:
 @pytest.fixture(scope="module")
 def gray(xray_jpeg) -> np.ndarray:
     """The real X-ray as the loader reads it: 2-D uint8."""
-    return to_grayscale(read_image(xray_jpeg))
+    return read_grayscale(xray_jpeg)
 
 
 def stretch(values) -> np.ndarray:
@@ -45,7 +45,7 @@ def stretch(values) -> np.ndarray:
 
 
 def read_gray(path) -> np.ndarray:
-    return to_grayscale(read_image(path))
+    return read_grayscale(path)
 
 
 def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=None, syntax=ExplicitVRLittleEndian, **tags):
@@ -79,7 +79,7 @@ def write_compressed_dicom(path, gray, syntax, fragment: bytes):
 def refusal(path) -> str:
     """The ImageReadError message for ``path`` (it must name the file first)."""
     with pytest.raises(ImageReadError) as info:
-        load_checked(path, 64)
+        load_image(path, 64)
     assert str(info.value).startswith(str(path)), str(info.value)
     assert info.value.path == str(path)
     return info.value.problem
@@ -89,8 +89,8 @@ def refusal(path) -> str:
 def test_8bit_jpeg_output_is_grayscale_then_squashed_bilinear(xray_jpeg):
     # The documented contract, recomputed with plain Pillow: 8-bit inputs did not change.
     expected = np.asarray(Image.open(xray_jpeg).convert("L").resize((64, 64), Image.Resampling.BILINEAR))
-    np.testing.assert_array_equal(load_preprocessed(xray_jpeg, 64), expected)
-    np.testing.assert_array_equal(load_checked(xray_jpeg, 64).array, expected)
+    np.testing.assert_array_equal(load_image(xray_jpeg, 64).array, expected)
+    np.testing.assert_array_equal(load_image(xray_jpeg, 64).array, expected)
 
 
 # ----------------------------------------------------------------------------- PNG modes
@@ -146,14 +146,14 @@ def test_exif_orientation_png_exact(tmp_path, gray):
     path = rotated_with_exif(upright, tmp_path / "turned.png", "PNG")
     assert Image.open(path).size == (upright.shape[0], upright.shape[1])  # stored sideways
     np.testing.assert_array_equal(read_gray(path), upright)
-    assert load_checked(path, 64).source_size == (upright.shape[1], upright.shape[0])
+    assert load_image(path, 64).source_size == (upright.shape[1], upright.shape[0])
 
 
 def test_exif_orientation_jpeg(tmp_path, gray):
     path = rotated_with_exif(gray, tmp_path / "turned.jpeg", "JPEG")
     Image.fromarray(gray).save(tmp_path / "upright.jpeg", quality=95)
-    upright = load_preprocessed(tmp_path / "upright.jpeg", 64).astype(int)
-    turned = load_preprocessed(path, 64).astype(int)
+    upright = load_image(tmp_path / "upright.jpeg", 64).array.astype(int)
+    turned = load_image(path, 64).array.astype(int)
     assert np.abs(turned - upright).mean() < 2  # the same picture, up to JPEG re-encoding
     sideways = np.rot90(turned, 1)  # what ignoring the tag would give
     assert np.abs(sideways - upright).mean() > 20
@@ -271,7 +271,7 @@ def test_decompression_bomb_refused_before_decoding(tmp_path, gray):
 
 # ----------------------------------------------------------------------------- warnings
 def only_warning(path) -> str:
-    warnings = load_checked(path, 64).warnings
+    warnings = load_image(path, 64).warnings
     assert len(warnings) == 1, warnings
     return warnings[0]
 
@@ -297,9 +297,9 @@ def test_no_warnings_on_real_xrays(kermany_dir):
     native = sorted((kermany_dir / "val").glob("*/*.jpeg"))  # full-resolution originals, not squared
     assert len(test_images) == 60 and len(native) >= 8
     for path in test_images + native:
-        loaded = load_checked(path, 64)
+        loaded = load_image(path, 64)
         assert loaded.warnings == [], (path, loaded.warnings)
-        np.testing.assert_array_equal(loaded.array, load_preprocessed(path, 64))
+        np.testing.assert_array_equal(loaded.array, load_image(path, 64).array)
 
 
 # ----------------------------------------------------------------------------- folders and training CSVs
@@ -327,9 +327,9 @@ def test_training_csv_reads_dicom_and_reports_failures(tmp_path, kermany_dir):
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
 
     collection = read_source(tmp_path / "data.csv")
-    images = load_images(collection, 64, use_cache=False)
+    images = load_collection(collection, 64, use_cache=False)
     assert len(images) == 3 and list(collection.records["path"]) == [str(tmp_path / f"n{i}.dcm") for i in range(3)]
     for i, src in enumerate(sources):
-        np.testing.assert_array_equal(images[i], load_preprocessed(tmp_path / f"n{i}.dcm", 64))
+        np.testing.assert_array_equal(images[i], load_image(tmp_path / f"n{i}.dcm", 64).array)
     [(path, reason)] = collection.skipped
     assert path == str(tmp_path / "broken.dcm") and "DICOM" in reason

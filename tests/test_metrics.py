@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pneumoscan.evaluate.metrics import CI_METRICS, bootstrap_ci, classification_metrics
+from pneumoscan.evaluation.metrics import CI_METRICS, bootstrap_ci, classification_metrics
 
 # Ten images, four NORMAL (0) then six PNEUMONIA (1).
 Y = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pneumoscan.cli import main
-from pneumoscan.predict import Predictor
+from pneumoscan.inference.predictor import Predictor
 
 BASE_COLUMNS = ["path", "probability", "label", "error"]
 

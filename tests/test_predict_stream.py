@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 import pneumoscan.data.inputs as inputs_module
-import pneumoscan.predict as predict_module
+import pneumoscan.inference.predictor as predict_module
 from pneumoscan.cli import main
-from pneumoscan.data.preprocess import load_preprocessed
-from pneumoscan.predict import COLUMNS, Predictor
+from pneumoscan.imaging import load_image
+from pneumoscan.inference.predictor import COLUMNS, Predictor
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def folder(tmp_path_factory, kermany_dir):
 def reference(predictor, folder) -> dict[str, float]:
     """path -> calibrated probability, straight from the loader and the model."""
     paths = sorted(str(p) for p in folder.rglob("*.jpeg"))
-    images = np.stack([load_preprocessed(p, predictor.image_size) for p in paths])
+    images = np.stack([load_image(p, predictor.image_size).array for p in paths])
     return dict(zip(paths, predictor.probabilities(images)))
 
 
@@ -47,13 +47,13 @@ def reference(predictor, folder) -> dict[str, float]:
 def load_spy(monkeypatch):
     """Records every image the predictor loads, in order."""
     loaded = []
-    real = predict_module.load_checked
+    real = predict_module.load_image
 
-    def spy(path, size):
-        loaded.append(str(path))
-        return real(path, size)
+    def spy(source, size, name=None):
+        loaded.append(str(source))
+        return real(source, size, name=name)
 
-    monkeypatch.setattr(predict_module, "load_checked", spy)
+    monkeypatch.setattr(predict_module, "load_image", spy)
     return loaded
 
 

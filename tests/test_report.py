@@ -15,9 +15,7 @@ from PIL import Image
 from pneumoscan.cli import main
 from pneumoscan.report.plots import PLOT_FILES, select_gradcam_cases, select_samples
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from conftest import CHROMIUM_ARGS
 
 
 def copy_run(run, tmp_path) -> Path:
@@ -67,13 +65,13 @@ def same(a, b) -> bool:
     return a == b
 
 
-def test_report_in_a_real_browser(tiny_run):
+def test_report_in_a_real_browser(tiny_run, chromium):
     from playwright.sync_api import sync_playwright
 
     metrics = json.loads(tiny_run.metrics_file.read_text())
     problems, requests = [], []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
@@ -135,7 +133,7 @@ def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
 
 def test_a_failing_report_never_costs_the_trained_run(tiny_run, tmp_path, capsys):
     from pneumoscan.runs import Run
-    from pneumoscan.train import write_report_or_warn
+    from pneumoscan.api import write_report_or_warn
 
     run_dir = copy_run(tiny_run, tmp_path)
     (run_dir / "metrics.json").write_text("{ truncated")
@@ -167,14 +165,31 @@ def test_sample_and_gradcam_choices(tiny_run):
 
 def test_report_images_come_from_medmnist_too(mnist_npz, capsys):
     from pneumoscan.config import resolve
-    from pneumoscan.data.preprocess import preprocess_array
-    from pneumoscan.report.images import load_images
+    from pneumoscan.imaging import resize_square
+    from pneumoscan.report.images import images_for_report
 
     cfg = resolve(overrides={"data": {"source": "medmnist", "path": str(mnist_npz), "image_size": 64}})
-    images, kept = load_images(["pneumoniamnist.npz:test:3", "/no/such/xray.jpeg", "pneumoniamnist.npz:test:9999999"],
+    images, kept = images_for_report(["pneumoniamnist.npz:test:3", "/no/such/xray.jpeg", "pneumoniamnist.npz:test:9999999"],
                                cfg)
     assert kept == [0] and images.shape == (1, 64, 64)
     with np.load(mnist_npz) as npz:
-        assert np.array_equal(images[0], preprocess_array(npz["test_images"][3], 64))
+        assert np.array_equal(images[0], resize_square(npz["test_images"][3], 64))
     err = capsys.readouterr().err
     assert "/no/such/xray.jpeg: file not found" in err and "pneumoniamnist.npz:test:9999999" in err
+
+
+def test_no_value_can_inject_markup_into_the_report(tiny_run, tmp_path):
+    from pneumoscan.report.html import render_report
+
+    run = copy_run(tiny_run, tmp_path)
+    evil = "<script>alert('x')</script><img src=x onerror=alert(1)>"
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["path"] = f"/data/{evil}"
+    (run / "config.json").write_text(json.dumps(config))
+    environment = json.loads((run / "environment.json").read_text())
+    environment["command"] = f"pneumoscan train --out {evil}"
+    (run / "environment.json").write_text(json.dumps(environment))
+    html = render_report(run)
+    assert "<script" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(" in html  # shown as text, escaped
+    assert html.count("<img ") == len(PLOT_FILES)  # only the figures

@@ -39,14 +39,19 @@ def kill_after_epoch(proc: subprocess.Popen, run: Path, log: Path, epoch_index: 
     raise AssertionError(f"no epoch {epoch_index + 1} within {timeout} s")
 
 
-def assert_complete_or_absent(run: Path) -> None:
-    if (run / "model.keras").exists():
-        keras.saving.load_model(run / "model.keras", compile=False)
-    if (run / "metrics.json").exists():
-        assert "test" in json.loads((run / "metrics.json").read_text())
-    for name in ("history.csv", "splits.csv"):
-        if (run / name).exists():
-            assert len(pd.read_csv(run / name)) > 0
+def assert_killed_run_is_consistent(run: Path, epochs_done: int) -> None:
+    """What a run killed during training holds: whole files for the finished epochs, nothing of the end."""
+    assert not (run / "model.keras").exists() and not (run / "metrics.json").exists()
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == list(range(1, epochs_done + 1))
+    assert len(pd.read_csv(run / "splits.csv")) > 0
+    keras.saving.load_model(run / "checkpoints" / "last.keras")  # loads: written atomically
+
+
+def assert_finished_run_is_complete(run: Path) -> None:
+    keras.saving.load_model(run / "model.keras", compile=False)
+    assert "test" in json.loads((run / "metrics.json").read_text())
+    for name in ("history.csv", "splits.csv", "predictions.csv"):
+        assert len(pd.read_csv(run / name)) > 0, name
 
 
 def test_a_killed_run_resumes_after_its_last_completed_epoch(tmp_path, kermany_dir, capsys):
@@ -61,10 +66,8 @@ def test_a_killed_run_resumes_after_its_last_completed_epoch(tmp_path, kermany_d
     killed = read_state(run)
     done = killed["epoch"] + 1  # epochs completed before the kill (2, or 3 if one more slipped in)
     assert 2 <= done < EPOCHS and not killed.get("complete")
-    assert list(pd.read_csv(run / "history.csv")["epoch"]) == list(range(1, done + 1))
-    assert_complete_or_absent(run)
-    assert not (run / "metrics.json").exists()
-    assert (run / "checkpoints" / "last.keras").is_file()
+    assert_killed_run_is_consistent(run, done)
+    header_before = (run / "history.csv").read_text().splitlines()[0]
 
     # What a kill in the middle of an atomic write leaves behind: the temporary, never the target.
     (run / "checkpoints" / ".tmp-abc123-last.keras").write_bytes(b"half a checkpoint")
@@ -76,6 +79,9 @@ def test_a_killed_run_resumes_after_its_last_completed_epoch(tmp_path, kermany_d
 
     history = pd.read_csv(run / "history.csv")
     assert list(history["epoch"]) == list(range(1, EPOCHS + 1))  # each epoch once, numbering continuous
+    # The resumed run reads its earlier epochs back from JSON: the columns keep their order.
+    assert (run / "history.csv").read_text().splitlines()[0] == header_before
+    assert header_before.startswith("epoch,")
     state = read_state(run)
     assert state["complete"] is True and state["epoch"] == EPOCHS - 1
     assert [h["epoch"] for h in state["history"]] == list(range(1, EPOCHS + 1))
@@ -88,4 +94,4 @@ def test_a_killed_run_resumes_after_its_last_completed_epoch(tmp_path, kermany_d
     assert metrics["test"]["n"] == 80
     for name in ("config.json", "model.keras", "splits.csv", "predictions.csv", "environment.json"):
         assert (run / name).is_file(), name
-    assert_complete_or_absent(run)
+    assert_finished_run_is_complete(run)

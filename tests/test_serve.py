@@ -11,14 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan.predict import Predictor
-from pneumoscan.serve import ModelService, create_app
+from pneumoscan.inference.predictor import Predictor
+from pneumoscan.deploy.serve import ModelService, create_app
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from conftest import CHROMIUM_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +80,7 @@ def test_predict_one_image_matches_the_library(client, images, expected):
 
 
 def test_predict_several_with_bad_files_mixed_in(client, images, expected, tmp_path, monkeypatch):
-    # Uploads must live in a temporary folder that is gone after the request.
+    # Uploads are decoded from memory: not even a temporary file is written.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     files = [upload(images[0]), ("file", ("notes.jpeg", b"this is not an X-ray", "image/jpeg")),
              upload(images[1]), ("file", ("../../etc/empty.png", b"", "image/png")), upload(images[3])]
@@ -179,12 +177,12 @@ def live_server(service):
     thread.join(timeout=10)
 
 
-def test_upload_through_the_page_in_chromium(live_server, service, images, expected):
+def test_upload_through_the_page_in_chromium(live_server, service, images, expected, chromium):
     from playwright.sync_api import sync_playwright
 
     requested = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.on("request", lambda r: requested.append(r.url))
@@ -206,3 +204,45 @@ def test_upload_through_the_page_in_chromium(live_server, service, images, expec
         finally:
             browser.close()
     assert all(url.startswith(live_server) or url.startswith("data:") for url in requested), requested
+
+
+def test_every_upload_is_decoded_once_from_memory(client, images, monkeypatch):
+    import pneumoscan.inference.predictor as predictor_module
+
+    seen = []
+    real = predictor_module.load_image
+    monkeypatch.setattr(predictor_module, "load_image",
+                        lambda source, size, name=None: seen.append((type(source), name)) or real(source, size, name))
+    response = client.post("/api/predict?gradcam=1", files=[upload(images[0]), upload(images[1])])
+    assert response.status_code == 200
+    assert seen == [(bytes, images[0].name), (bytes, images[1].name)]  # once each, Grad-CAM included
+
+
+def test_nothing_predicted_is_422_with_the_same_json(client, images):
+    files = [("file", ("a.jpeg", b"junk", "image/jpeg")), ("file", ("b.png", b"", "image/png"))]
+    response = client.post("/api/predict", files=files)
+    assert response.status_code == 422
+    body = response.json()
+    assert [r["filename"] for r in body["results"]] == ["a.jpeg", "b.png"]
+    assert all(r["error"] and r["probability"] is None for r in body["results"])
+    assert {"model_id", "engine", "threshold"} <= set(body)
+    # One good file among bad ones: 200.
+    response = client.post("/api/predict", files=[files[0], upload(images[0])])
+    assert response.status_code == 200 and response.json()["results"][1]["error"] is None
+
+
+def test_the_file_count_limit(service, images):
+    from fastapi.testclient import TestClient
+
+    limited = TestClient(create_app(service.run.root, service=service, max_files=3))
+    files = [upload(images[i % len(images)], f"x{i}.jpeg") for i in range(3)]
+    assert limited.post("/api/predict", files=files).status_code == 200
+    response = limited.post("/api/predict", files=files + [upload(images[0], "x3.jpeg")])
+    assert response.status_code in (400, 413)
+    assert "Too many files" in response.json()["error"] or "files" in response.json()["error"]
+    # The default: 16 files pass, 17 do not.
+    default = TestClient(create_app(service.run.root, service=service))
+    sixteen = [upload(images[i % len(images)], f"y{i}.jpeg") for i in range(16)]
+    assert default.post("/api/predict", files=sixteen).status_code == 200
+    response = default.post("/api/predict", files=sixteen + [upload(images[0], "y16.jpeg")])
+    assert response.status_code in (400, 413) and "error" in response.json()

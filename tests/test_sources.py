@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan.data.cache import load_images
-from pneumoscan.data.preprocess import load_preprocessed
+from pneumoscan.data.cache import load_collection
+from pneumoscan.imaging import load_image
 from pneumoscan.data.sources import (
     DataSourceError,
     read_csv_manifest,
@@ -120,7 +120,7 @@ def test_medmnist_npz_has_the_official_split_sizes(mnist_npz):
         labels = npz["test_labels"].reshape(-1)
         row = collection.records[collection.records["split"] == "test"].iloc[100]
         assert int(row["label"]) == int(labels[100]) and row["path"].endswith(":test:100")
-        images = load_images(collection, 28)
+        images = load_collection(collection, 28)
         first_test = collection.records.index[collection.records["split"] == "test"][0]
         assert np.array_equal(images[first_test], npz["test_images"][0])
 
@@ -237,7 +237,7 @@ def test_corrupt_jpeg_in_a_training_folder_is_dropped_with_its_reason(tmp_path, 
     for attempt in range(2 if use_cache else 1):  # with the cache: the second read comes from it
         collection = read_kermany(root)
         assert len(collection.records) == 14
-        images = load_images(collection, 32, use_cache=use_cache)
+        images = load_collection(collection, 32, use_cache=use_cache)
         assert images.shape == (12, 32, 32) and images.dtype == np.uint8
         assert len(collection.records) == 12
         names = set(collection.records["path"].map(lambda p: Path(p).name))
@@ -247,4 +247,4 @@ def test_corrupt_jpeg_in_a_training_folder_is_dropped_with_its_reason(tmp_path, 
         assert reasons["person9999_bacteria_1.jpeg"] == "empty file"
         # The kept images are the real ones, in record order.
         first = collection.records["path"].iloc[0]
-        assert np.array_equal(images[0], load_preprocessed(first, 32))
+        assert np.array_equal(images[0], load_image(first, 32).array)

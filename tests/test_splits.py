@@ -96,3 +96,21 @@ def test_grouped_holdout_refuses_impossible_requests():
         grouped_holdout([0, 1, 0, 1], ["a", "a", "b", "c"], 0.12, seed=0)
     with pytest.raises(ValueError, match="1 classes"):
         grouped_holdout([1] * 20, [str(i) for i in range(20)], 0.25, seed=0)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.12, 0.3, 0.5])
+def test_the_validation_split_is_the_fraction_asked_for_within_one_patient(kermany, fraction):
+    train = kermany.records[kermany.records["split"] == "train"]
+    held = grouped_holdout(train["label"], train["patient_id"], fraction, seed=7)
+    largest = train.groupby("patient_id").size().max()  # one patient's images
+    for label in (0, 1):
+        of_class = (train["label"] == label).to_numpy()
+        assert abs(held[of_class].sum() - fraction * of_class.sum()) <= largest, (label, fraction)
+    assert abs(held.mean() - fraction) <= 2 * largest / len(train)
+    assert not set(train["patient_id"][held]) & set(train["patient_id"][~held])
+
+
+def test_val_fraction_of_a_run_is_honoured(kermany):
+    splits = assign_splits(kermany, DataConfig(val_fraction=0.3))
+    from_train = splits[splits["split"].isin(["train", "val"])]
+    assert abs((from_train["split"] == "val").mean() - 0.3) < 0.005  # was 33% (1 / round(1 / 0.3))

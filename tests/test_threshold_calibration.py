@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumoscan.evaluate.calibration import apply_temperature, expected_calibration_error, fit_temperature
-from pneumoscan.evaluate.threshold import choose_threshold
+from pneumoscan.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from pneumoscan.evaluation.threshold import choose_threshold
 
 
 def validation_scores(seed: int, n: int = 400, decimals: int | None = None):

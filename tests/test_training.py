@@ -11,7 +11,7 @@ from conftest import TINY_OVERRIDES
 
 from pneumoscan.config import resolve
 from pneumoscan.runs import RunError
-from pneumoscan.train import train
+from pneumoscan.api import train
 
 PER_CLASS = TINY_OVERRIDES["data"]["max_per_class"]
 REPORTED = ("val", "test", "kaggle_val")
@@ -109,6 +109,59 @@ def test_history_has_one_row_per_epoch(tiny_run, metrics):
 def test_training_refuses_to_overwrite_a_run(tiny_run, shared_data):
     before = tiny_run.metrics_file.read_bytes()
     with pytest.raises(RunError, match="already holds a run") as err:
-        train(resolve(overrides=TINY_OVERRIDES), shared_data, tiny_run.root, verbose=0)
+        train(shared_data, tiny_run.root, config=resolve(overrides=TINY_OVERRIDES), verbose=0)
     assert str(tiny_run.root) in str(err.value)
     assert tiny_run.metrics_file.read_bytes() == before
+
+
+def test_class_weights_balance_the_classes():
+    import numpy as np
+
+    from pneumoscan.training.loop import class_weights
+
+    labels = np.array([0] * 25 + [1] * 75)
+    weights = class_weights(labels, "balanced")
+    assert weights == pytest.approx({0: 100 / (2 * 25), 1: 100 / (2 * 75)})
+    assert 25 * weights[0] == pytest.approx(75 * weights[1])  # each class weighs the same in the loss
+    assert class_weights(labels, "none") is None
+
+
+def test_tensorboard_logs_scalars_and_the_learning_rate(tiny_run):
+    import tensorflow as tf
+
+    scalars: dict[str, list[float]] = {}
+    files = sorted(tiny_run.tensorboard_dir.rglob("events.out.tfevents.*"))
+    assert files, f"no event files under {tiny_run.tensorboard_dir}"
+    for file in files:
+        split = file.parent.name  # train/ or validation/
+        for record in tf.data.TFRecordDataset(str(file)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                number = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+                scalars.setdefault(f"{split}/{value.tag}", []).append(float(number))
+    for tag in ("train/epoch_loss", "train/epoch_accuracy", "train/epoch_auc", "train/epoch_learning_rate",
+                "validation/epoch_loss", "validation/epoch_auc"):
+        assert len(scalars.get(tag, [])) == 2, (tag, sorted(scalars))  # one per epoch
+    history = tiny_run.history()
+    assert scalars["train/epoch_loss"] == pytest.approx(history["loss"].tolist(), rel=1e-5)
+    assert scalars["train/epoch_learning_rate"] == pytest.approx(history["learning_rate"].tolist(), rel=1e-5)
+
+
+def test_the_tensorboard_flag_reaches_the_config():
+    from pneumoscan.cli import _overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--out", "x", "--tensorboard"])
+    assert resolve(overrides=_overrides(args)).train.tensorboard is True
+    assert resolve(overrides=_overrides(build_parser().parse_args(["train", "--out", "x"]))).train.tensorboard is False
+
+
+def test_tensorboard_without_its_package_fails_before_training(monkeypatch, tmp_path, shared_data):
+    import importlib.util
+
+    from pneumoscan.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'pneumoscan\[tensorboard\]'"):
+        train(shared_data, tmp_path / "run", config=resolve(overrides=TINY_OVERRIDES))
+    assert not (tmp_path / "run").exists()

@@ -3,20 +3,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
-from .config import ConfigError, parse_overrides, resolve
+from .errors import ConfigError, PneumoscanError
+from .options import ENGINES, EXPORT_FORMATS, JIT_MODES, PRECISIONS, SOURCES, STRATEGIES
 
 FLAG_KEYS = {  # flag -> config section.key
     "model": ("model", "name"), "epochs": ("train", "epochs"), "image_size": ("data", "image_size"),
     "batch_size": ("train", "batch_size"), "seed": ("train", "seed"), "source": ("data", "source"),
     "max_per_class": ("data", "max_per_class"), "max_minutes": ("train", "max_minutes"),
     "precision": ("train", "precision"), "jit_compile": ("train", "jit_compile"), "strategy": ("train", "strategy"),
+    "tensorboard": ("train", "tensorboard"),
 }
+# Commands that load TensorFlow (its start-up lines are hidden unless --verbose).
+TENSORFLOW_COMMANDS = ("train", "evaluate", "predict", "explain", "export", "serve", "report")
 
 
 def _overrides(args) -> dict:
+    from .config import parse_overrides
+
     out = parse_overrides(args.set or [])
     for flag, (section, key) in FLAG_KEYS.items():
         value = getattr(args, flag, None)
@@ -26,20 +34,18 @@ def _overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .distribute import placement_for
+    from .config import resolve
     from .runs import Run
+    from .training.strategy import placement_for
 
     if not args.resume and not args.out:
         raise ConfigError("train needs --out RUN_DIR (or --resume RUN_DIR)")
     cfg = Run(Path(args.resume)).config() if args.resume else resolve(args.config, _overrides(args))
     # First, before TensorFlow runs anything: MultiWorkerMirroredStrategy must be created then.
     placement = placement_for(cfg.train)
-    from .train import train
+    from .api import train
 
-    if args.resume:
-        run = train(None, data=args.data, out=args.resume, resume=True, placement=placement)
-    else:
-        run = train(cfg, data=args.data, out=args.out, placement=placement)
+    run = train(args.data, out=args.resume or args.out, config=cfg, resume=bool(args.resume), placement=placement)
     if not placement.is_chief:
         print(f"pneumoscan: worker {placement.worker_index} finished; the chief writes {run.root}")
         return 0
@@ -48,17 +54,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
+    from .evaluation import evaluate_run
 
     _print_metrics(evaluate_run(args.run, args.data), Path(args.run))
     return 0
 
 
 def _print_metrics(metrics: dict, root: Path) -> None:
+    from .options import REPORTED_SPLITS
+
     thr = metrics["threshold"]
     print(f"\nrun: {root}\nthreshold {thr['value']:.4f} ({thr['rule']}, chosen on {thr['chosen_on']})")
     print(f"{'split':<11}{'n':>5}{'accuracy':>10}{'sens':>8}{'spec':>8}{'F1':>8}{'ROC-AUC':>9}  95% CI accuracy")
-    for split in ("val", "test", "kaggle_val"):
+    for split in REPORTED_SPLITS:
         if split in metrics:
             m = metrics[split]
             lo, hi = m["ci95"]["accuracy"]
@@ -67,8 +75,8 @@ def _print_metrics(metrics: dict, root: Path) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .batch_predict import predict_to_output
-    from .predict import Predictor
+    from .inference.batch import predict_to_output
+    from .inference.predictor import Predictor
 
     predictor = Predictor.from_run(args.run, engine=args.engine)
     done = predict_to_output(predictor, args.inputs, batch_size=args.batch_size, output=args.output,
@@ -83,11 +91,11 @@ def cmd_predict(args) -> int:
     return 1 if done.failed else 0
 
 
-def with_pd_options(fn):
+def _print_table(table, header: bool) -> None:
     import pandas as pd
 
     with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.max_rows", None):
-        fn()
+        print(table.to_string(index=False, na_rep="", header=header), flush=True)
 
 
 def cmd_data_download(args) -> int:
@@ -107,25 +115,27 @@ def cmd_data_info(args) -> int:
     collection = read_source(resolve_data_path(args.data, args.source), args.source)
     collection.records = assign_splits(collection, DataConfig(source=args.source))
     print(f"{collection.kind} data at {collection.root}")
-    with_pd_options(lambda: print(collection.summary().to_string(index=False)))
+    _print_table(collection.summary(), header=True)
     for path, reason in collection.skipped:
         print(f"skipped {path}: {reason}")
     return 0
 
 
 def cmd_explain(args) -> int:
-    from .explain import explain_paths
+    from .inference.explain import iter_explain
 
-    table = explain_paths(args.run, args.inputs, args.out, layer=args.layer)
-    with_pd_options(lambda: print(table.to_string(index=False, na_rep="")))
-    failed = int((table["error"] != "").sum())
+    rows = failed = 0
+    for table in iter_explain(args.run, args.inputs, args.out, layer=args.layer):
+        _print_table(table, header=rows == 0)
+        rows += len(table)
+        failed += int((table["error"] != "").sum())
     if failed:
-        print(f"pneumoscan: {failed} of {len(table)} inputs failed (see the error column)", file=sys.stderr)
+        print(f"pneumoscan: {failed} of {rows} inputs failed (see the error column)", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cmd_export(args) -> int:
-    from .export import export
+    from .deploy.export import export
 
     path = export(args.run, args.format, args.out)
     print(f"wrote {path} and {path.parent / 'preprocessing.json'}")
@@ -133,7 +143,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve
+    from .deploy.serve import serve
 
     serve(args.run, host=args.host, port=args.port, engine=args.engine, max_upload_mb=args.max_upload_mb)
     return 0
@@ -141,39 +151,42 @@ def cmd_serve(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import write_report
-    from .report.plots import PLOT_FILES
+    from .runs import PLOT_FILES, Run
 
     path = write_report(args.run)
-    missing = [name for name in PLOT_FILES if not (path.parent / "plots" / name).is_file()]
+    missing = [name for name in PLOT_FILES if not Run(Path(args.run)).plot_file(name).is_file()]
     print(f"wrote {path}" + (f" (figures not drawn: {', '.join(missing)})" if missing else ""))
     return 1 if missing else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .data.download import MEDMNIST_FILES
 
     parser = argparse.ArgumentParser(prog="pneumoscan", description="Pneumonia detection on chest X-rays.")
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,explain,report,export,serve,data}")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--data", help="Kermany folder, MedMNIST .npz or CSV manifest (default: $PNEUMOSCAN_DATA)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument("--config", help="TOML or JSON config file (a run's config.json repeats that run)")
+    p.add_argument("--config", help="a named config (default, quick) or a TOML/JSON file (a run's config.json repeats that run)")
     p.add_argument("--model", help="model name: seed_cnn, pneumonet, pneumonet_small, efficientnetb0, ...")
     p.add_argument("--epochs", type=int)
     p.add_argument("--image-size", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--source", choices=["auto", "kermany", "medmnist", "csv"])
+    p.add_argument("--source", choices=SOURCES)
     p.add_argument("--max-per-class", type=int, help="use at most N images per class and split (quick runs)")
     p.add_argument("--max-minutes", type=float, help="training time budget")
-    p.add_argument("--precision", choices=["auto", "float32", "mixed_float16", "mixed_bfloat16"],
-                   help="auto: float32 on CPU, mixed_float16 on GPU")
-    p.add_argument("--jit-compile", choices=["auto", "on", "off"], help="XLA; auto: off on CPU, on for one GPU")
-    p.add_argument("--strategy", choices=["auto", "one", "mirrored", "multiworker"],
+    p.add_argument("--precision", choices=PRECISIONS, help="auto: float32 on CPU, mixed_float16 on GPU")
+    p.add_argument("--jit-compile", choices=JIT_MODES, help="XLA; auto: off on CPU, on for one GPU")
+    p.add_argument("--strategy", choices=STRATEGIES,
                    help="tf.distribute strategy; auto: multiworker if TF_CONFIG, mirrored if >1 GPU, else one")
+    p.add_argument("--tensorboard", action="store_const", const=True,
+                   help="also write TensorBoard logs (scalars per epoch, learning rate) into RUN_DIR/tensorboard/")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any other config value")
     p.set_defaults(fn=cmd_train)
 
@@ -190,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time")
     p.add_argument("--resume", action="store_true", help="skip the images already in --output and append the rest")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
-    p.add_argument("--engine", choices=["keras", "onnx"], default="keras",
+    p.add_argument("--engine", choices=ENGINES, default="keras",
                    help="keras (model.keras) or onnx (ONNX Runtime; exported to RUN_DIR/export/ on first use)")
     p.set_defaults(fn=cmd_predict)
 
@@ -203,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run's model to ONNX, SavedModel or TFLite")
     p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--format", required=True, choices=["onnx", "savedmodel", "tflite"])
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     p.add_argument("--out", metavar="DIR", help="folder to write into (default: RUN_DIR/export)")
     p.set_defaults(fn=cmd_export)
 
@@ -211,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--engine", choices=["keras", "onnx"], default="keras")
+    p.add_argument("--engine", choices=ENGINES, default="keras")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file (default 20)")
     p.set_defaults(fn=cmd_serve)
 
@@ -223,29 +236,47 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="data_command", required=True)
     d = dsub.add_parser("download", help="download an official MedMNIST file (MD5-checked)")
     d.add_argument("dataset", choices=["pneumoniamnist"])
-    d.add_argument("--size", type=int, default=28, choices=[28, 64, 128, 224])
+    d.add_argument("--size", type=int, default=28, choices=sorted(MEDMNIST_FILES))
     d.add_argument("--dest", help="folder to save into (default: the pneumoscan cache)")
     d.set_defaults(fn=cmd_data_download)
     d = dsub.add_parser("info", help="images and patients per split and class, and skipped files")
     d.add_argument("--data")
-    d.add_argument("--source", default="auto", choices=["auto", "kermany", "medmnist", "csv"])
+    d.add_argument("--source", default="auto", choices=SOURCES)
     d.set_defaults(fn=cmd_data_info)
     return parser
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines (oneDNN notice, absl warning) hidden.
+
+    They are written to file descriptor 2 before TensorFlow's log level applies, so only a
+    redirection of the descriptor hides them; should the import fail, they are shown.
+    """
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.download import DownloadError
-    from .data.sources import DataSourceError
-    from .distribute import DistributeError
-    from .export import ExportError
-    from .models import WeightsError
-    from .runs import RunError
-
+    if args.verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    elif args.command in TENSORFLOW_COMMANDS and "tensorflow" not in sys.modules:
+        import_tensorflow_quietly()
     try:
         return args.fn(args)
-    except (ConfigError, DataSourceError, DistributeError, DownloadError, ExportError, RunError, WeightsError,
-            ValueError, OSError) as exc:
+    except (PneumoscanError, ValueError, OSError) as exc:
         print(f"pneumoscan: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,26 +1,39 @@
 """One configuration object for every run.
 
-Resolution order (later wins): built-in defaults < config file (TOML) < flags.
+Resolution order (later wins): built-in defaults < config file (TOML or JSON, or the name
+of a config shipped in the package: ``default``, ``quick``) < flags.
 The resolved config is saved as ``config.json`` in every run directory, so
 ``pneumoscan train --config RUN/config.json`` repeats a run exactly.
+
+Values are checked against the fields' types by pydantic: strictly for a file (a TOML
+``epochs = true`` is a mistake, not something to guess at), leniently for the command
+line, whose values all arrive as text (``--set train.epochs=3``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from pydantic import TypeAdapter, ValidationError
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid."""
+from .errors import ConfigError
+from .options import (CLASS_WEIGHTS, JIT_MODES, PRECISIONS, SOURCES, STRATEGIES, THRESHOLD_RULE_HELP,
+                      parse_threshold_rule)
+
+__all__ = ["Config", "ConfigError", "DataConfig", "AugmentConfig", "ModelConfig", "TrainConfig",
+           "EvaluateConfig", "resolve", "named_configs", "parse_overrides", "merge", "load_file"]
 
 
 @dataclass
 class DataConfig:
-    source: str = "auto"  # auto | kermany | medmnist | csv
+    source: str = "auto"  # options.SOURCES
     path: str | None = None  # None: --data, then $PNEUMOSCAN_DATA, then the cache dir
     image_size: int = 160
     val_fraction: float = 0.12
@@ -55,26 +68,27 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
-    class_weight: str = "balanced"  # balanced | none
+    class_weight: str = "balanced"  # options.CLASS_WEIGHTS
     monitor: str = "val_auc"
     patience: int = 8
     max_minutes: float | None = 28.0  # wall-clock budget; training stops before an epoch that would cross it
     seed: int = 42
-    # Hardware (see pneumoscan.precision and pneumoscan.distribute). "auto" picks per device:
+    # Hardware (see pneumoscan.training.precision and .strategy). "auto" picks per device:
     # float32 without XLA on CPU (measured fastest), mixed_float16 with XLA on one GPU.
-    precision: str = "auto"  # auto | float32 | mixed_float16 | mixed_bfloat16
-    jit_compile: str = "auto"  # auto | on | off
-    strategy: str = "auto"  # auto | one | mirrored | multiworker
+    precision: str = "auto"  # options.PRECISIONS
+    jit_compile: str = "auto"  # options.JIT_MODES
+    strategy: str = "auto"  # options.STRATEGIES
     devices: str | None = None  # mirrored: e.g. "/gpu:0,/gpu:1"; default every local GPU
     # With several replicas, batch_size is per replica and learning_rate is scaled by the
     # replica count; batch-norm statistics are then taken over the global batch.
     sync_batchnorm: bool = True
     worker_timeout: float | None = 600.0  # multiworker: seconds without progress before the job fails
+    tensorboard: bool = False  # also write TensorBoard logs into RUN/tensorboard/
 
 
 @dataclass
 class EvaluateConfig:
-    # Chosen before any test-split result was seen; see pneumoscan.evaluate.threshold.
+    # Chosen before any test-split result was seen; see pneumoscan.evaluation.threshold.
     threshold_rule: str = "sensitivity:0.95"
     bootstrap: int = 2000
     seed: int = 0
@@ -99,45 +113,36 @@ class Config:
         return merge(cls(), values)
 
 
-def _coerce(section: str, key: str, current: Any, value: Any, annotation: Any) -> Any:
-    """Convert strings from the command line to the field's type, with a clear error."""
-    if value is None:
-        return None
-    ann = str(annotation)
+_NONE_WORDS = ("none", "null", "")
+
+
+@cache
+def _adapter(section_type: type, key: str) -> TypeAdapter:
+    return TypeAdapter(typing.get_type_hints(section_type)[key])
+
+
+def _coerce(section: str, key: str, section_type: type, value: Any, from_text: bool) -> Any:
+    """``value`` as the field's type, or a ConfigError that names the key and what it expects."""
+    adapter = _adapter(section_type, key)
+    if from_text and isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+        value = None  # "none" on the command line means None where the field allows it
     try:
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("none", "null", ""):
-                if "None" in ann:
-                    return None
-            if ann.startswith("bool") or isinstance(current, bool):
-                if low in ("true", "1", "yes", "on"):
-                    return True
-                if low in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError(value)
-            if ann.startswith("int"):
-                return int(value)
-            if ann.startswith("float"):
-                return float(value)
-            return value
-        # A file's value must already have the field's type: a TOML `epochs = true` or
-        # `name = 5` is a mistake, not something to guess at.
-        if isinstance(value, bool) != ann.startswith("bool") or ann.startswith("str"):
-            raise ValueError(value)
-        if not isinstance(value, (int, float)) or (ann.startswith("int") and isinstance(value, float)):
-            raise ValueError(value)
-        if ann.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        return value
-    except ValueError:
-        raise ConfigError(
-            f"config {section}.{key}: cannot use {value!r}; expected {ann}"
-        ) from None
+        # Text from the command line is parsed ("3" -> 3, "on" -> True); a file's values
+        # must already have the field's type, except an integer where a float is expected.
+        return adapter.validate_python(value.strip() if from_text and isinstance(value, str) else value,
+                                       strict=not from_text)
+    except ValidationError as exc:
+        hint = typing.get_type_hints(section_type)[key]
+        expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+        why = exc.errors()[0]["msg"]
+        raise ConfigError(f"config {section}.{key}: cannot use {value!r}; expected {expected} ({why})") from None
 
 
-def merge(config: Config, values: Mapping[str, Any]) -> Config:
-    """Return a copy of ``config`` with ``values`` ({section: {key: value}}) applied."""
+def merge(config: Config, values: Mapping[str, Any], from_text: bool = False) -> Config:
+    """Return a copy of ``config`` with ``values`` ({section: {key: value}}) applied.
+
+    ``from_text``: the values are command-line text, to be parsed rather than type-checked.
+    """
     result = _copy(config)
     for section, entries in values.items():
         if not hasattr(result, section) or not dataclasses.is_dataclass(getattr(result, section)):
@@ -145,14 +150,11 @@ def merge(config: Config, values: Mapping[str, Any]) -> Config:
         if not isinstance(entries, Mapping):
             raise ConfigError(f"config section {section!r} must be a table of key = value")
         target = getattr(result, section)
-        fields = {f.name: f for f in dataclasses.fields(target)}
+        fields = {f.name for f in dataclasses.fields(target)}
         for key, value in entries.items():
             if key not in fields:
-                raise ConfigError(
-                    f"unknown config key {section}.{key}; known: {', '.join(sorted(fields))}"
-                )
-            current = getattr(target, key)
-            setattr(target, key, _coerce(section, key, current, value, fields[key].type))
+                raise ConfigError(f"unknown config key {section}.{key}; known: {', '.join(sorted(fields))}")
+            setattr(target, key, _coerce(section, key, type(target), value, from_text))
     validate(result)
     return result
 
@@ -166,17 +168,32 @@ def _sections() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
+def named_configs() -> list[str]:
+    """The configs shipped inside the package, by name (``pneumoscan train --config quick``)."""
+    folder = resources.files("pneumoscan").joinpath("configs")
+    return sorted(entry.name.removesuffix(".toml") for entry in folder.iterdir() if entry.name.endswith(".toml"))
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config file into {section: {key: value}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    """Read a TOML or JSON config file, or a named config, into {section: {key: value}}."""
+    text, where = _config_text(path)
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return tomllib.loads(path.read_text())
+        if where.endswith(".json"):
+            return json.loads(text)
+        return tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a valid config file: {exc}") from None
+        raise ConfigError(f"{where}: not a valid config file: {exc}") from None
+
+
+def _config_text(path: str | Path) -> tuple[str, str]:
+    file = Path(path).expanduser()
+    if file.is_file():
+        return file.read_text(), str(file)
+    name = str(path)
+    if name in named_configs():
+        entry = resources.files("pneumoscan").joinpath("configs", f"{name}.toml")
+        return entry.read_text(encoding="utf-8"), f"pneumoscan/configs/{name}.toml"
+    raise ConfigError(f"{path}: config file not found (and not a named config: {', '.join(named_configs())})")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -192,19 +209,26 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def resolve(file: str | Path | None = None, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
-    """Defaults < file < overrides."""
+    """Defaults < ``file`` (a path or a named config) < ``overrides`` ({section: {key: value}}).
+
+    Overrides may be typed values (from Python) or text (from the command line).
+    """
     config = Config()
     if file is not None:
         config = merge(config, load_file(file))
     if overrides:
-        config = merge(config, overrides)
+        config = merge(config, overrides, from_text=True)
     return config
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
 
 
 def validate(config: Config) -> None:
     d, t = config.data, config.train
-    if d.source not in ("auto", "kermany", "medmnist", "csv"):
-        raise ConfigError(f"data.source must be auto, kermany, medmnist or csv, not {d.source!r}")
+    _one_of("data.source", d.source, SOURCES)
     if not 16 <= d.image_size <= 1024:
         raise ConfigError(f"data.image_size must be between 16 and 1024, not {d.image_size}")
     if not 0.02 <= d.val_fraction <= 0.5:
@@ -215,29 +239,13 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
     if t.learning_rate <= 0:
         raise ConfigError("train.learning_rate must be positive")
-    if t.class_weight not in ("balanced", "none"):
-        raise ConfigError(f"train.class_weight must be balanced or none, not {t.class_weight!r}")
-    for key, allowed in (("precision", ("auto", "float32", "mixed_float16", "mixed_bfloat16")),
-                         ("jit_compile", ("auto", "on", "off")),
-                         ("strategy", ("auto", "one", "mirrored", "multiworker"))):
-        if getattr(t, key) not in allowed:
-            raise ConfigError(f"train.{key} must be one of {', '.join(allowed)}, not {getattr(t, key)!r}")
+    _one_of("train.class_weight", t.class_weight, CLASS_WEIGHTS)
+    _one_of("train.precision", t.precision, PRECISIONS)
+    _one_of("train.jit_compile", t.jit_compile, JIT_MODES)
+    _one_of("train.strategy", t.strategy, STRATEGIES)
     if t.worker_timeout is not None and t.worker_timeout <= 0:
         raise ConfigError("train.worker_timeout must be a positive number of seconds or none")
-    _validate_threshold_rule(config.evaluate.threshold_rule)
-
-
-def _validate_threshold_rule(rule: str) -> None:
-    """Checked here, not after training: the rule is only used once the model is trained."""
-    name, _, arg = rule.partition(":")
-    if name in ("youden", "balanced_accuracy") and not arg:
-        return
-    if name in ("sensitivity", "fixed"):
-        try:
-            if 0.0 <= float(arg) <= 1.0:
-                return
-        except ValueError:
-            pass
-    raise ConfigError(
-        f"evaluate.threshold_rule {rule!r} is not one of sensitivity:<0..1>, fixed:<0..1>, youden, balanced_accuracy"
-    )
+    try:  # checked here, not after training: the rule is only used once the model is trained
+        parse_threshold_rule(config.evaluate.threshold_rule)
+    except ValueError as exc:
+        raise ConfigError(f"evaluate.threshold_rule: {exc} ({THRESHOLD_RULE_HELP})") from None

@@ -1,6 +1,7 @@
 """The run directory: what every training run writes, and how to read it back."""
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import sys
@@ -9,17 +10,25 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from .config import Config, ConfigError
+from .config import Config
+from .errors import ConfigError, RunError
 
 
-class RunError(ValueError):
-    """A run directory is missing or incomplete; the message names the file."""
+# The figures of a run, in the order the report shows them (all inside ``plots/``).
+PLOT_FILES = ("training_curves.png", "confusion_matrix.png", "roc_pr.png", "calibration.png",
+              "sample_predictions.png", "gradcam_grid.png")
 
 
 @dataclass(frozen=True)
 class Run:
+    """A run directory. Every path inside one is spelled here and nowhere else."""
+
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # what training writes
     @property
     def config_file(self): return self.root / "config.json"
     @property
@@ -35,7 +44,29 @@ class Run:
     @property
     def environment_file(self): return self.root / "environment.json"
     @property
+    def tensorboard_dir(self): return self.root / "tensorboard"
+    # checkpoints (resume and the best epoch)
+    @property
     def checkpoint_dir(self): return self.root / "checkpoints"
+    @property
+    def checkpoint_state_file(self): return self.checkpoint_dir / "state.json"
+    @property
+    def last_checkpoint_file(self): return self.checkpoint_dir / "last.keras"
+    @property
+    def best_weights_file(self): return self.checkpoint_dir / "best.weights.h5"
+    # what a person looks at
+    @property
+    def plots_dir(self): return self.root / "plots"
+    @property
+    def report_file(self): return self.root / "report.html"
+    # exports (pneumoscan export, and the ONNX engine's cache)
+    @property
+    def export_dir(self): return self.root / "export"
+
+    def plot_file(self, name: str) -> Path:
+        if name not in PLOT_FILES:
+            raise ValueError(f"unknown figure {name!r}; a run's figures are {', '.join(PLOT_FILES)}")
+        return self.plots_dir / name
 
     def config(self) -> Config:
         if not self.config_file.is_file():
@@ -50,14 +81,38 @@ class Run:
             raise RunError(f"{self.metrics_file}: not found; run `pneumoscan evaluate {self.root}` first")
         return json.loads(self.metrics_file.read_text())
 
-    def load_model(self):
+    def history(self):
+        """history.csv as a DataFrame: one row per epoch."""
+        import pandas as pd
+
+        if not self.history_file.is_file():
+            raise RunError(f"{self.history_file}: not found; no epoch of {self.root} has finished")
+        return pd.read_csv(self.history_file)
+
+    def predictions(self):
+        """predictions.csv as a DataFrame: path, split, label, probability, raw_probability, predicted."""
+        import pandas as pd
+
+        if not self.predictions_file.is_file():
+            raise RunError(f"{self.predictions_file}: not found; run `pneumoscan evaluate {self.root}` first")
+        return pd.read_csv(self.predictions_file)
+
+    def require_model(self) -> Path:
         if not self.model_file.is_file():
             raise RunError(f"{self.model_file}: not found; training of {self.root} has not finished")
-        import keras
+        return self.model_file
 
-        from . import models  # noqa: F401  registers custom objects
+    def model_sha256(self) -> str:
+        return file_sha256(self.require_model())
 
-        return keras.saving.load_model(self.model_file, compile=False)
+    def model_id(self) -> str:
+        """The run folder's name plus a short hash of its model.keras: names exactly one model."""
+        return f"{self.root.name}-{self.model_sha256()[:12]}"
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def environment() -> dict:

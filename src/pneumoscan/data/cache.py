@@ -1,6 +1,8 @@
-"""Decoded-image cache: every image is decoded and resized once, then read as one array.
+"""Images of a data set as arrays, decoded once: :func:`load_images` reads any list of image
+paths (files, or MedMNIST rows) through the one loader, and :func:`load_collection` caches
+a whole data set's pixels on disk.
 
-The key covers the source files (path, size, mtime), the image size and the
+The cache key covers the source files (path, size, mtime), the image size and the
 preprocessing version, so a changed file or setting never reuses stale pixels.
 """
 from __future__ import annotations
@@ -10,12 +12,50 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ImageReadError
+from ..imaging.loader import PREPROCESS_VERSION, load_image, resize_square
 from ..paths import atomic_write, cache_dir
-from .preprocess import PREPROCESS_VERSION, ImageReadError, load_preprocessed, preprocess_array
 from .sources import Collection, parse_medmnist_row
+
+
+def load_images(paths: Sequence[str], size: int, medmnist: Mapping[str, np.ndarray] | None = None,
+                threads: int | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """(N, size, size) uint8 pixels of the readable ``paths``, in order, and (index, problem)
+    for each path that could not be read.
+
+    A MedMNIST row id (``pneumoniamnist.npz:test:12``) is read from ``medmnist`` (split ->
+    images); every file goes through :func:`pneumoscan.imaging.load_image`.
+    """
+    out = np.zeros((len(paths), size, size), dtype=np.uint8)
+    errors: list[tuple[int, str]] = []
+
+    def work(i: int) -> None:
+        try:
+            out[i] = _pixels(paths[i], size, medmnist)
+        except ImageReadError as exc:
+            errors.append((i, exc.problem))
+
+    # Pillow releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 2) as pool:
+        list(pool.map(work, range(len(paths))))
+    errors.sort()
+    keep = np.ones(len(paths), dtype=bool)
+    keep[[i for i, _ in errors]] = False
+    return out[keep], errors
+
+
+def _pixels(path: str, size: int, medmnist: Mapping[str, np.ndarray] | None) -> np.ndarray:
+    row = None if Path(path).exists() else parse_medmnist_row(path)
+    if row is None:
+        return load_image(path, size).array
+    split, index = row
+    if not medmnist or split not in medmnist or index >= len(medmnist[split]):
+        raise ImageReadError(path, "MedMNIST row not found in the data set's .npz")
+    return resize_square(medmnist[split][index], size)
 
 
 def _fingerprint(collection: Collection, size: int) -> str:
@@ -33,37 +73,18 @@ def _fingerprint(collection: Collection, size: int) -> str:
     return h.hexdigest()[:24]
 
 
-def _decode_all(paths: list[str], size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    out = np.zeros((len(paths), size, size), dtype=np.uint8)
-    errors: list[tuple[int, str]] = []
-
-    def work(i: int) -> None:
-        try:
-            out[i] = load_preprocessed(paths[i], size)
-        except ImageReadError as exc:
-            errors.append((i, exc.problem))
-
-    # Pillow releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        list(pool.map(work, range(len(paths))))
-    return out, sorted(errors)
-
-
-def load_images(collection: Collection, size: int, use_cache: bool = True) -> np.ndarray:
+def load_collection(collection: Collection, size: int, use_cache: bool = True) -> np.ndarray:
     """(N, size, size) uint8 images for ``collection.records``, in row order.
 
     Files that fail to decode are dropped from ``collection.records`` (in place) and
     listed in ``collection.skipped`` with the reason; the rest are returned.
     """
-    if collection.kind == "medmnist":
-        recs = collection.records
-        images = np.stack([
-            preprocess_array(collection.arrays[split][index], size)
-            for split, index in map(parse_medmnist_row, recs["path"])
-        ]) if len(recs) else np.zeros((0, size, size), np.uint8)
+    paths = collection.records["path"].tolist()
+    if collection.kind == "medmnist":  # already arrays in memory: nothing to cache
+        images, errors = load_images(paths, size, collection.arrays, threads=1)
+        _drop(collection, errors)
         return images
-    key = _fingerprint(collection, size)
-    file = cache_dir() / "images" / f"{key}.npz"
+    file = cache_dir() / "images" / f"{_fingerprint(collection, size)}.npz"
     if use_cache and file.is_file():
         try:
             with np.load(file) as cached:
@@ -72,13 +93,9 @@ def load_images(collection: Collection, size: int, use_cache: bool = True) -> np
             return images
         except (OSError, ValueError, KeyError):
             file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-    paths = collection.records["path"].tolist()
-    images, errors = _decode_all(paths, size)
-    keep = np.ones(len(paths), dtype=bool)
-    keep[[i for i, _ in errors]] = False
-    images = images[keep]
+    images, errors = load_images(paths, size)
     if use_cache:
-        bad = np.array([(i, r) for i, r in errors], dtype=object).reshape(-1, 2).astype(str)
+        bad = np.array(errors, dtype=object).reshape(-1, 2).astype(str)
         atomic_write(file, lambda tmp: _save(tmp, images, bad))
     _drop(collection, errors)
     return images

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import DataConfig
-from .cache import load_images
+from ..options import SPLITS
+from .cache import load_collection
 from .sources import Collection, read_source
 from .splits import grouped_holdout
-
-SPLITS = ("train", "val", "test", "kaggle_val")
 
 
 @dataclass
@@ -71,7 +70,7 @@ def prepare(cfg: DataConfig, path: str | Path, use_cache: bool = True) -> Prepar
     if cfg.max_per_class:
         recs = subsample(recs, cfg.max_per_class, cfg.split_seed)
     collection.records = recs.reset_index(drop=True)
-    images = load_images(collection, cfg.image_size, use_cache=use_cache)
+    images = load_collection(collection, cfg.image_size, use_cache=use_cache)
     recs = collection.records
     out_images, out_labels = {}, {}
     for split in SPLITS:

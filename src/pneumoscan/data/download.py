@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..errors import DownloadError
 from ..paths import cache_dir
 
 # Zenodo record 10519652 is MedMNIST v3 (MedMNIST+). The MD5s are the ones the medmnist package
@@ -32,18 +33,6 @@ MEDMNIST_FILES: dict[int, tuple[str, str]] = {
 }
 MIRROR_ENV = "PNEUMOSCAN_MEDMNIST_URL"  # a mirror's base URL; also how the tests use a local server
 _CHUNK = 1 << 20
-
-
-class DownloadError(RuntimeError):
-    """A download failed; the message names the URL or file and the problem.
-
-    ``offline`` is True when no attempt reached a server at all: retrying will not help,
-    a hand-copied file will (see :func:`offline_help`).
-    """
-
-    def __init__(self, message: str, *, offline: bool = False) -> None:
-        super().__init__(message)
-        self.offline = offline
 
 
 def _entry(size: int) -> tuple[str, str]:
@@ -66,11 +55,9 @@ def medmnist_url(size: int, base_url: str | None = None) -> str:
 
 def md5sum(path: str | Path) -> str:
     """MD5 hex digest of a file, read in chunks so a 200 MB file never sits in memory."""
-    digest = hashlib.md5(usedforsecurity=False)  # an integrity check, not security (and FIPS-safe)
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        # An integrity check, not security (usedforsecurity=False keeps it FIPS-safe).
+        return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .preprocess import IMAGE_EXTENSIONS
+from ..imaging.loader import IMAGE_EXTENSIONS
 
 _SKIPPED_FOLDERS = ("__MACOSX",)  # macOS archive debris, never images
 

@@ -14,15 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import DataSourceError
+from ..imaging.loader import IMAGE_EXTENSIONS
+from ..options import CLASS_NAMES
 from .patients import patient_ids
-from .preprocess import IMAGE_EXTENSIONS
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 _LABELS = {"normal": 0, "0": 0, "pneumonia": 1, "1": 1}
-
-
-class DataSourceError(ValueError):
-    """A data source is missing or malformed; the message names the path and the problem."""
 
 
 @dataclass

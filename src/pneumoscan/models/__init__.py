@@ -7,7 +7,8 @@ import keras
 
 from ..config import ModelConfig
 from .auc import PneumoniaAUC
-from .applications import BACKBONES, WeightsError, backbone_model
+from ..errors import WeightsError
+from .applications import BACKBONES, backbone_model
 from .pneumonet import pneumonet
 from .seed_cnn import seed_cnn
 
@@ -25,4 +26,7 @@ def build_model(cfg: ModelConfig, image_size: int) -> keras.Model:
     return MODELS[cfg.name](image_size=image_size, dropout=cfg.dropout, width=cfg.width, weights=cfg.weights)
 
 
-__all__ = ["build_model", "available_models", "MODELS", "WeightsError", "PneumoniaAUC"]
+from .predict import load_run_model, model_image_size, predict_probabilities  # noqa: E402
+
+__all__ = ["build_model", "available_models", "MODELS", "WeightsError", "PneumoniaAUC", "load_run_model",
+           "model_image_size", "predict_probabilities"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from ..errors import WeightsError
+
 BACKBONES = {
     "efficientnetb0": keras.applications.EfficientNetB0,
     "efficientnetv2b0": keras.applications.EfficientNetV2B0,
@@ -17,10 +19,6 @@ BACKBONES = {
     "mobilenetv3large": keras.applications.MobileNetV3Large,
     "convnexttiny": keras.applications.ConvNeXtTiny,
 }
-
-
-class WeightsError(RuntimeError):
-    """Backbone weights could not be loaded."""
 
 
 def backbone_model(name: str, image_size: int, dropout: float = 0.3, weights: str | None = None, **_) -> keras.Model:

@@ -2,28 +2,28 @@
 
 Everything is inside the file (figures as base64 data URIs, inline CSS, no script), so it
 opens from disk with no server and no network. A Content-Security-Policy forbids any
-other source, so a stray external link could not load even by mistake. Every number shown
-from ``metrics.json`` carries ``data-metric="test.accuracy"`` (its key path) and
-``data-value`` (its exact JSON value), so a test can check the page against the file.
+other source, so a stray external link could not load even by mistake. The page is rendered
+by Jinja2 from ``templates/report.html.j2`` with autoescaping on, so no value (a file name,
+a config string) can inject markup. Every number shown from ``metrics.json`` carries
+``data-metric="test.accuracy"`` (its key path) and ``data-value`` (its exact JSON value), so
+a test can check the page against the file.
 """
 from __future__ import annotations
 
 import base64
 import json
 import math
-from html import escape
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..data.sources import CLASS_NAMES
+from ..errors import RunError
+from ..options import CLASS_NAMES, REPORTED_SPLITS, SPLITS, parse_threshold_rule
 from ..paths import atomic_write_text
-from ..runs import Run, RunError
-from .plots import PLOT_FILES, draw_plots, read_table
+from ..runs import PLOT_FILES, Run
+from .plots import draw_plots, read_table
 
-REPORTED_SPLITS = ("val", "test", "kaggle_val")
-SPLIT_ORDER = ("train", "val", "test", "kaggle_val")
 SPLIT_NOTES = {
     "train": "fitted on",
     "val": "carved from train, grouped by patient; chooses epoch, temperature and threshold",
@@ -64,8 +64,7 @@ figcaption{color:#57606a;font-size:.9rem}code{background:#f6f8fa;padding:0 .25re
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
-# ----------------------------------------------------------------------- small pieces
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, bool):
@@ -77,78 +76,31 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _metric(path: Sequence[str], value: Any, text: str | None = None, tag: str = "span") -> str:
-    """An element showing ``value`` that names its key path in metrics.json and holds its exact value."""
-    return (f'<{tag} data-metric="{escape(".".join(path))}" data-value="{escape(json.dumps(value))}">'
-            f"{escape(_fmt(value) if text is None else text)}</{tag}>")
-
-
-def _table(headers: Iterable[str], rows: Iterable[Iterable[str]], name_columns: int = 1) -> str:
-    """Cells are HTML already (each escaped where it was made)."""
-    head = "".join(f'<th class="name">{h}</th>' if i < name_columns else f"<th>{h}</th>" for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="name">{c}</td>' if i < name_columns else f"<td>{c}</td>"
-                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _section(title: str, *parts: str) -> str:
-    return f"<section><h2>{escape(title)}</h2>{''.join(parts)}</section>"
-
-
-def _p(text: str, cls: str | None = None) -> str:
-    return f'<p class="{cls}">{escape(text)}</p>' if cls else f"<p>{escape(text)}</p>"
+def _environment_jinja() -> Environment:
+    env = Environment(loader=PackageLoader("pneumoscan.report", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = fmt
+    env.filters["tojson_attr"] = json.dumps  # escaped by autoescape like every other value
+    return env
 
 
 def _in_split_order(keys: Iterable[str]) -> list[str]:
     keys = list(keys)
-    return [s for s in SPLIT_ORDER if s in keys] + sorted(set(keys) - set(SPLIT_ORDER))
+    return [s for s in SPLITS if s in keys] + sorted(set(keys) - set(SPLITS))
 
 
 def describe_rule(rule: str) -> str:
     """A threshold rule in words."""
-    name, _, arg = rule.partition(":")
+    name, value = parse_threshold_rule(rule)
     if name == "sensitivity":
-        return f"the highest threshold whose validation sensitivity is at least {float(arg):.0%}"
+        return f"the highest threshold whose validation sensitivity is at least {value:.0%}"
     if name == "fixed":
-        return f"a fixed threshold of {arg}"
-    if name in ("youden", "balanced_accuracy"):
-        return "the threshold that maximises sensitivity + specificity - 1 (Youden's J) on validation"
-    return rule
+        return f"a fixed threshold of {value:g}"
+    return "the threshold that maximises sensitivity + specificity - 1 (Youden's J) on validation"
 
 
-# ------------------------------------------------------------------------------ sections
-def _header(run: Run, metrics: dict, environment: dict) -> str:
-    thr = metrics["threshold"]
-    facts = [f"model {metrics.get('model', '?')}", f"{metrics.get('image_size', '?')} px"]
-    if environment.get("created"):
-        facts.append(f"created {environment['created']}")
-    return (f"<h1>pneumoscan report: {escape(run.root.name)}</h1>"
-            f'<p class="note">{escape(str(run.root.resolve()))}<br>{escape(" · ".join(facts))}</p>'
-            f"<p>Decision threshold {_metric(['threshold', 'value'], thr['value'])} "
-            f"(rule <code>{escape(thr['rule'])}</code>, chosen on {escape(thr.get('chosen_on', 'val'))}).</p>"
-            '<p class="disclaimer">pneumoscan is a research and screening aid, not a medical device.</p>')
-
-
-def _data_summary(run: Run) -> str:
-    try:
-        splits = read_table(run.splits_file, ("label", "split", "patient_id"))
-    except RunError as exc:
-        return _section("Data", _p(f"not available: {exc}", "missing"))
-    rows = []
-    for split in _in_split_order(set(splits["split"])):
-        part = splits[splits["split"] == split]
-        cells = [escape(split), escape(SPLIT_NOTES.get(split, ""))]
-        for label in (0, 1):
-            of_class = part[part["label"] == label]
-            cells += [str(len(of_class)), str(of_class["patient_id"].nunique())]
-        cells += [str(len(part)), str(part["patient_id"].nunique())]
-        rows.append(cells)
-    headers = ["split", "role"] + [f"{c} {w}" for c in CLASS_NAMES for w in ("images", "patients")] + ["images", "patients"]
-    return _section("Data", _p(f"From {run.splits_file.name}: images and patients per split and class. "
-                               "No patient is in two splits."), _table(headers, rows, name_columns=2))
-
-
-def _metric_rows(metrics: dict, block: str | None) -> list[list[str]]:
+def _metric_block(metrics: dict, block: str | None) -> list[dict]:
     """One row per split of the metrics at the chosen threshold (``block`` None) or in ``block`` (at_0.5)."""
     rows = []
     for split in REPORTED_SPLITS:
@@ -157,105 +109,68 @@ def _metric_rows(metrics: dict, block: str | None) -> list[list[str]]:
         prefix = [split] + ([block] if block else [])
         values = metrics[split][block] if block else metrics[split]
         ci = values.get("ci95", {})
-        cells = [escape(split)]
-        for key, _ in METRIC_COLUMNS:
-            cell = _metric(prefix + [key], values.get(key))
-            if key in ci:
-                lo, hi = ci[key]
-                cell += f"<br><small>{_metric(prefix + ['ci95', key], ci[key], f'{_fmt(lo)}–{_fmt(hi)}')}</small>"
-            cells.append(cell)
-        (tn, fp), (fn, tp) = values["confusion_matrix"]
-        cells.append(_metric(prefix + ["confusion_matrix"], values["confusion_matrix"],
-                             f"TN {tn} · FP {fp} · FN {fn} · TP {tp}"))
-        rows.append(cells)
+        cells = [{"path": prefix + [key], "value": values.get(key), "ci": ci.get(key),
+                  "ci_path": prefix + ["ci95", key]} for key, _ in METRIC_COLUMNS]
+        rows.append({"split": split, "cells": cells, "confusion": values["confusion_matrix"],
+                     "confusion_path": prefix + ["confusion_matrix"]})
     return rows
 
 
-def _metrics_section(metrics: dict) -> str:
-    headers = ["split"] + [title for _, title in METRIC_COLUMNS] + ["confusion"]
-    thr = metrics["threshold"]
-    return _section(
-        "Metrics",
-        f"<h3>At the chosen threshold ({escape(_fmt(thr['value']))})</h3>",
-        _p("Positive class: PNEUMONIA. Small print: 95% bootstrap confidence interval (stratified)."),
-        _table(headers, _metric_rows(metrics, None)),
-        "<h3>At 0.5</h3>",
-        _table(headers, _metric_rows(metrics, "at_0.5")),
-    )
+def _alternatives(metrics: dict) -> list[dict]:
+    chosen = metrics["threshold"]["rule"]
+    return [{"name": f"{rule} (chosen)" if rule == chosen else rule, "split": split,
+             "cells": [{"path": ["alternatives", rule, split, key], "value": per_split[split].get(key)}
+                       for key, _ in ALTERNATIVE_COLUMNS]}
+            for rule, per_split in (metrics.get("alternatives") or {}).items()
+            for split in _in_split_order(per_split)]
 
 
-def _threshold_section(metrics: dict) -> str:
-    thr = metrics["threshold"]
-    rows = []
-    for rule, per_split in (metrics.get("alternatives") or {}).items():
-        for split in _in_split_order(per_split):
-            name = f"{rule} (chosen)" if rule == thr["rule"] else rule
-            rows.append([escape(name), escape(split)] + [_metric(["alternatives", rule, split, key],
-                                                                 per_split[split].get(key))
-                                                         for key, _ in ALTERNATIVE_COLUMNS])
-    parts = [_p(f"Rule {thr['rule']}: {describe_rule(thr['rule'])}, chosen on {thr.get('chosen_on', 'val')} "
-                f"from the calibrated probabilities; an image is called PNEUMONIA when its probability "
-                f"is at or above the threshold."),
-             f"<p>Threshold: {_metric(['threshold', 'value'], thr['value'])}</p>"]
-    if rows:
-        parts += ["<h3>Other threshold rules</h3>",
-                  _p("Each rule chooses its threshold on val; shown for comparison, never used to pick the one above."),
-                  _table(["rule", "split"] + [t for _, t in ALTERNATIVE_COLUMNS], rows, name_columns=2)]
-    return _section("Decision threshold", *parts)
-
-
-def _calibration_section(metrics: dict) -> str:
+def _calibration(metrics: dict) -> dict | None:
     cal = metrics.get("calibration")
     if not cal:
-        return _section("Calibration", _p("metrics.json holds no calibration.", "missing"))
-    rows = [[escape(split), _metric(["calibration", "ece", split, "before"], ece.get("before")),
-             _metric(["calibration", "ece", split, "after"], ece.get("after"))]
-            for split, ece in ((s, cal["ece"][s]) for s in _in_split_order(cal.get("ece") or {}))]
-    return _section(
-        "Calibration",
-        f"<p>Method: {escape(str(cal.get('method', '')))}, fitted on {escape(str(cal.get('fitted_on', 'val')))}; "
-        f"temperature T = {_metric(['calibration', 'temperature'], cal.get('temperature'))}. "
-        "T divides the logit, so it changes confidence but never the ranking (ROC-AUC is unchanged).</p>",
-        _table(["split", "ECE before", "ECE after"], rows),
-    )
+        return None
+    ece = cal.get("ece") or {}
+    return {"method": cal.get("method", ""), "fitted_on": cal.get("fitted_on", "val"),
+            "temperature": cal.get("temperature"),
+            "rows": [{"split": s, "before": ece[s].get("before"), "after": ece[s].get("after")}
+                     for s in _in_split_order(ece)]}
 
 
-def _training_section(metrics: dict) -> str:
-    training = metrics.get("training")
-    if not training:
-        return ""
+def _data_table(run: Run) -> dict:
+    try:
+        splits = read_table(run.splits_file, ("label", "split", "patient_id"))
+    except RunError as exc:
+        return {"data_error": str(exc)}
+    rows = []
+    for split in _in_split_order(set(splits["split"])):
+        part = splits[splits["split"] == split]
+        cells = [split, SPLIT_NOTES.get(split, "")]
+        for label in (0, 1):
+            of_class = part[part["label"] == label]
+            cells += [len(of_class), of_class["patient_id"].nunique()]
+        rows.append(cells + [len(part), part["patient_id"].nunique()])
+    headers = ["split", "role"] + [f"{c} {w}" for c in CLASS_NAMES for w in ("images", "patients")] + ["images", "patients"]
+    return {"data_error": None, "splits_file": run.splits_file.name, "data_headers": headers, "data_rows": rows}
+
+
+def _training(metrics: dict) -> list[dict]:
+    training = metrics.get("training") or {}
     items = [("epochs run", "epochs_run"), ("best epoch", "best_epoch"), ("best val ROC-AUC", "best"),
              ("training seconds", "train_seconds"), ("stopped", "stopped")]
-    rows = [[escape(title), _metric(["training", key], training[key],
-                                    "no: ran every epoch" if key == "stopped" and training[key] is None else None)]
+    return [{"title": title, "key": key, "value": training[key],
+             "text": "no: ran every epoch" if key == "stopped" and training[key] is None else None}
             for title, key in items if key in training]
-    return _section("Training", _table(["", "value"], rows))
 
 
-def _figure(plots_dir: Path, name: str, failures: dict[str, str]) -> str:
-    heading, caption = FIGURES[name]
-    file = plots_dir / name
-    if not file.is_file():
-        why = failures.get(name, f"{file} not found")
-        return f"<h3>{escape(heading)}</h3>" + _p(f"figure not drawn: {why}", "missing")
-    data = base64.b64encode(file.read_bytes()).decode("ascii")
-    return (f"<figure><h3>{escape(heading)}</h3><img src=\"data:image/png;base64,{data}\" alt=\"{escape(heading)}\">"
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
-
-
-def _config_section(run: Run, environment: dict) -> str:
-    config = run.config().to_dict()
-    rows = [[escape(f"{section}.{key}"), escape(json.dumps(value))]
-            for section, values in config.items() for key, value in values.items()]
-    env_rows = [[escape(k), escape(str(environment[k]))] for k in ("python", "platform", "cpu_count", "command")
-                if k in environment]
-    env_rows += [[escape(k), escape(str(v))] for k, v in (environment.get("packages") or {}).items() if v]
-    parts = [_p(f"Resolved configuration ({run.config_file.name}); "
-                f"`pneumoscan train --config {run.config_file} --out NEW` repeats this run."),
-             _table(["key", "value"], rows, name_columns=2)]
-    if env_rows:
-        parts += ["<h3>Environment</h3>", _table(["", "value"], env_rows, name_columns=2)]
-    return _section("Configuration", *parts)
+def _figures(run: Run, failures: dict[str, str]) -> list[dict]:
+    figures = []
+    for name in PLOT_FILES:
+        heading, caption = FIGURES[name]
+        file = run.plot_file(name)
+        data = base64.b64encode(file.read_bytes()).decode("ascii") if file.is_file() else None
+        figures.append({"heading": heading, "caption": caption, "data": data,
+                        "why": failures.get(name, f"{file} not found")})
+    return figures
 
 
 def _environment(run: Run) -> dict:
@@ -272,22 +187,28 @@ def render_report(run_dir: str | Path, failures: dict[str, str] | None = None) -
     if "threshold" not in metrics:
         raise RunError(f"{run.metrics_file}: no threshold; run `pneumoscan evaluate {run.root}`")
     environment = _environment(run)
-    figures = "".join(_figure(run.root / "plots", name, failures or {}) for name in PLOT_FILES)
-    body = "".join([
-        _header(run, metrics, environment),
-        _metrics_section(metrics),
-        _threshold_section(metrics),
-        _calibration_section(metrics),
-        _data_summary(run),
-        _training_section(metrics),
-        _section("Figures", figures),
-        _config_section(run, environment),
-    ])
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>pneumoscan report: {escape(run.root.name)}</title><style>{CSS}</style></head>"
-            f"<body>{body}</body></html>\n")
+    threshold = {"chosen_on": "val", **metrics["threshold"]}
+    facts = [f"model {metrics.get('model', '?')}", f"{metrics.get('image_size', '?')} px"]
+    if environment.get("created"):
+        facts.append(f"created {environment['created']}")
+    config = run.config().to_dict()
+    env_rows = [[k, environment[k]] for k in ("python", "platform", "cpu_count", "command") if k in environment]
+    env_rows += [[k, v] for k, v in (environment.get("packages") or {}).items() if v]
+    context = {
+        "css": CSS, "csp": CSP, "run_name": run.root.name, "run_path": str(run.root.resolve()), "facts": facts,
+        "threshold": threshold, "threshold_words": describe_rule(threshold["rule"]),
+        "metric_columns": METRIC_COLUMNS, "alternative_columns": ALTERNATIVE_COLUMNS,
+        "metric_blocks": [{"title": None, "rows": _metric_block(metrics, None)},
+                          {"title": "At 0.5", "rows": _metric_block(metrics, "at_0.5")}],
+        "alternatives": _alternatives(metrics), "calibration": _calibration(metrics),
+        "training": _training(metrics), "figures": _figures(run, failures or {}),
+        "config_file": str(run.config_file), "config_file_name": run.config_file.name,
+        "config_rows": [[f"{section}.{key}", json.dumps(value)]
+                        for section, values in config.items() for key, value in values.items()],
+        "environment_rows": env_rows,
+        **_data_table(run),
+    }
+    return _environment_jinja().get_template("report.html.j2").render(context)
 
 
 def write_report(run_dir: str | Path, draw: bool = True) -> Path:
@@ -295,4 +216,4 @@ def write_report(run_dir: str | Path, draw: bool = True) -> Path:
     run = Run(Path(run_dir))
     run.config(), run.metrics()  # fail early, naming the file, on a folder that is no (finished) run
     failures = draw_plots(run.root)[1] if draw else {}
-    return atomic_write_text(run.root / "report.html", render_report(run.root, failures))
+    return atomic_write_text(run.report_file, render_report(run.root, failures))

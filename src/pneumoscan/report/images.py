@@ -1,8 +1,8 @@
 """The few images a report shows, loaded exactly as the model saw them.
 
-``predictions.csv`` names images by path. Files go through the one preprocessing function;
-MedMNIST rows (``pneumoniamnist.npz:test:12``) are read back from the run's ``.npz``.
-An image that cannot be read is left out with a warning, and the rest are still returned.
+``predictions.csv`` names images by path; they are read by :func:`pneumoscan.data.cache.load_images`
+(MedMNIST rows such as ``pneumoniamnist.npz:test:12`` from the run's ``.npz``). An image that
+cannot be read is left out with a warning, and the rest are still returned.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
-from ..data.preprocess import ImageReadError, load_preprocessed, preprocess_array
-from ..data.sources import DataSourceError, parse_medmnist_row, read_source
+from ..data.cache import load_images
+from ..data.sources import parse_medmnist_row, read_source
+from ..errors import DataSourceError
 
 
 def _medmnist_arrays(cfg: Config) -> dict[str, np.ndarray] | None:
@@ -26,25 +27,11 @@ def _medmnist_arrays(cfg: Config) -> dict[str, np.ndarray] | None:
     return collection.arrays if collection.kind == "medmnist" else None
 
 
-def load_images(paths: list[str], cfg: Config) -> tuple[np.ndarray, list[int]]:
+def images_for_report(paths: list[str], cfg: Config) -> tuple[np.ndarray, list[int]]:
     """(N, S, S) uint8 images for the readable ``paths``, and their indices in ``paths``."""
-    size = cfg.data.image_size
-    images, kept = [], []
-    arrays = None
-    for i, path in enumerate(paths):
-        try:
-            row = None if Path(path).exists() else parse_medmnist_row(path)
-            if row is None:
-                images.append(load_preprocessed(path, size))
-            else:
-                if arrays is None:
-                    arrays = _medmnist_arrays(cfg) or {}
-                split, index = row
-                if split not in arrays or index >= len(arrays[split]):
-                    raise ImageReadError(path, f"not found in the run's MedMNIST data at {cfg.data.path}")
-                images.append(preprocess_array(arrays[split][index], size))
-            kept.append(i)
-        except ImageReadError as exc:
-            print(f"pneumoscan: warning: {exc}; left out of the report's images", file=sys.stderr)
-    stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    return stacked, kept
+    needs_arrays = any(not Path(p).exists() and parse_medmnist_row(p) for p in paths)
+    images, errors = load_images(paths, cfg.data.image_size, _medmnist_arrays(cfg) if needs_arrays else None)
+    for index, problem in errors:
+        print(f"pneumoscan: warning: {paths[index]}: {problem}; left out of the report's images", file=sys.stderr)
+    failed = {index for index, _ in errors}
+    return images, [i for i in range(len(paths)) if i not in failed]

@@ -19,16 +19,16 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from ..data.sources import CLASS_NAMES
-from ..evaluate.calibration import expected_calibration_error
+from ..errors import RunError
+from ..evaluation.calibration import expected_calibration_error
+from ..models.predict import load_run_model
+from ..options import CLASS_NAMES
 from ..paths import atomic_write
-from ..runs import Run, RunError
-from .images import load_images
+from ..runs import PLOT_FILES, Run
+from .images import images_for_report
 
 DPI = 90
 SPLIT_COLORS = {"train": "#4c72b0", "val": "#4c72b0", "test": "#dd8452", "kaggle_val": "#55a868"}
-PLOT_FILES = ("training_curves.png", "confusion_matrix.png", "roc_pr.png", "calibration.png",
-              "sample_predictions.png", "gradcam_grid.png")
 GRADCAM_GROUPS = ("true positives", "false positives", "false negatives")
 
 
@@ -191,7 +191,7 @@ def plot_prediction_grid(images: np.ndarray, labels: Sequence[int], predicted: S
 def plot_gradcam_grid(groups: Mapping[str, tuple[np.ndarray, np.ndarray, Sequence[float]]], out: str | Path,
                       columns: int = 4, alpha: float = 0.4) -> Path:
     """One row per group ({name: (images, heatmaps, probabilities)}) of Grad-CAM overlays."""
-    from ..explain import overlay
+    from .gradcam import overlay
 
     fig = _new_figure(1.7 * columns, 2.0 * len(groups))
     for sub, (name, (images, heatmaps, probs)) in zip(np.atleast_1d(fig.subfigures(len(groups), 1)), groups.items()):
@@ -305,7 +305,7 @@ def _draw_calibration(data: _RunData, out: Path) -> Path:
 
 def _draw_samples(data: _RunData, out: Path) -> Path:
     picked = select_samples(data.split("test"))
-    images, kept = load_images(picked["path"].tolist(), data.cfg)
+    images, kept = images_for_report(picked["path"].tolist(), data.cfg)
     picked = picked.iloc[kept]
     return plot_prediction_grid(images, picked["label"].tolist(), picked["predicted"].tolist(),
                                 picked["probability"].tolist(), out)
@@ -314,9 +314,9 @@ def _draw_samples(data: _RunData, out: Path) -> Path:
 def gradcam_groups(model, cases: Mapping[str, pd.DataFrame], cfg) -> dict[str, tuple[np.ndarray, np.ndarray, list]]:
     """{group: rows of predictions.csv} -> {group: (images, Grad-CAM maps, probabilities)} for
     :func:`plot_gradcam_grid`; rows whose image cannot be read are left out with a warning."""
-    from ..explain import gradcam
+    from .gradcam import gradcam
 
-    loaded = {name: load_images(rows["path"].tolist(), cfg) for name, rows in cases.items()}
+    loaded = {name: images_for_report(rows["path"].tolist(), cfg) for name, rows in cases.items()}
     everything = np.concatenate([images for images, _ in loaded.values()])
     # One Grad-CAM pass over every case: the gradient graph is built once.
     heatmaps = gradcam(model, everything) if len(everything) else everything.astype(np.float32)
@@ -328,18 +328,13 @@ def gradcam_groups(model, cases: Mapping[str, pd.DataFrame], cfg) -> dict[str, t
 
 
 def _draw_gradcam(data: _RunData, out: Path) -> Path:
-    groups = gradcam_groups(data.run.load_model(), select_gradcam_cases(data.split("test")), data.cfg)
+    groups = gradcam_groups(load_run_model(data.run), select_gradcam_cases(data.split("test")), data.cfg)
     return plot_gradcam_grid(groups, out)
 
 
-_DRAWERS: dict[str, Callable[[_RunData, Path], Path]] = {
-    "training_curves.png": _draw_training_curves,
-    "confusion_matrix.png": _draw_confusion,
-    "roc_pr.png": _draw_roc_pr,
-    "calibration.png": _draw_calibration,
-    "sample_predictions.png": _draw_samples,
-    "gradcam_grid.png": _draw_gradcam,
-}
+# One drawer per figure, in the order of PLOT_FILES.
+_DRAWERS: dict[str, Callable[[_RunData, Path], Path]] = dict(zip(PLOT_FILES, (
+    _draw_training_curves, _draw_confusion, _draw_roc_pr, _draw_calibration, _draw_samples, _draw_gradcam)))
 
 
 def draw_plots(run_dir: str | Path) -> tuple[list[Path], dict[str, str]]:
@@ -348,10 +343,9 @@ def draw_plots(run_dir: str | Path) -> tuple[list[Path], dict[str, str]]:
     One figure failing (say, Grad-CAM on an unusual model) does not stop the others.
     """
     data = _RunData(Run(Path(run_dir)))
-    out_dir = data.run.root / "plots"
     written, failures = [], {}
     for name, draw in _DRAWERS.items():
-        target = out_dir / name
+        target = data.run.plot_file(name)
         target.unlink(missing_ok=True)  # a failed redraw must not leave an older run's picture behind
         try:
             written.append(draw(data, target))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 from .guards import check_dimensions
 from .intensity import scale_to_uint8, stretch_to_uint8
 
@@ -27,9 +27,14 @@ def is_dicom(path: str | Path) -> bool:
     return Path(path).suffix.lower() in DICOM_EXTENSIONS or _has_marker(path)
 
 
-def read_dicom(path: str | Path) -> Image.Image:
-    """A single-frame DICOM image as a PIL image (mode ``L``, or ``RGB`` for colour files)."""
-    ds = _read_header(path)
+def read_dicom(source, name: str | None = None) -> Image.Image:
+    """A single-frame DICOM image as a PIL image (mode ``L``, or ``RGB`` for colour files).
+
+    ``source``: a path or a binary file object (an upload held in memory); ``name`` is how
+    errors name it (default: the path).
+    """
+    path = name or str(source)  # only ever used to name the image in errors
+    ds = _read_header(source, path)
     _check_header(path, ds)
     arr = _decode_pixels(path, ds)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
@@ -45,14 +50,14 @@ def read_dicom(path: str | Path) -> Image.Image:
     return Image.fromarray(gray, "L")
 
 
-def _read_header(path):
+def _read_header(source, path):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    has_marker = _has_marker(path)
+    has_marker = _has_marker(source)
     try:
         # force=True only for .dcm files written without the preamble (allowed by old software).
-        ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE, force=not has_marker)
+        ds = pydicom.dcmread(source, defer_size=_DEFER_SIZE, force=not has_marker)
     except InvalidDicomError as exc:
         raise ImageReadError(path, f"not a readable DICOM file ({exc})") from None
     except Exception as exc:  # a malformed file can make the parser raise anything
@@ -63,9 +68,14 @@ def _read_header(path):
     return ds
 
 
-def _has_marker(path) -> bool:
+def _has_marker(source) -> bool:
+    if hasattr(source, "read"):
+        start = source.tell()
+        head = source.read(132)
+        source.seek(start)
+        return head[128:132] == b"DICM"
     try:
-        with open(path, "rb") as fh:
+        with open(source, "rb") as fh:
             return fh.read(132)[128:132] == b"DICM"
     except OSError:
         return False

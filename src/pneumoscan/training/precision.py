@@ -23,8 +23,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-JIT_MODES = ("auto", "on", "off")
+from ..options import JIT_MODES, PRECISIONS
 
 
 def on_gpu() -> bool:

@@ -1,38 +1,52 @@
-"""Train a model and write a complete run directory.
+"""Fit a model and save it into a run directory: data, model, checkpoints, ``model.keras``.
 
-    from pneumoscan import train
-    from pneumoscan.config import resolve
-    run = train(resolve(overrides={"train": {"epochs": 3}}), data="path/to/chest_xray", out="runs/demo")
+Evaluation and the report come after, in :func:`pneumoscan.train` (``pneumoscan/api.py``),
+which is what users call; this module is the training step alone.
 """
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
+from sklearn.utils.class_weight import compute_class_weight
 
+from ..config import Config
+from ..data.dataset import PreparedData, prepare
+from ..data.locate import resolve_data_path
+from ..errors import ConfigError, RunError
+from ..imaging.augment import build_augmenter
+from ..models import PneumoniaAUC, build_model
+from ..paths import atomic_write, atomic_write_json, atomic_write_text
+from ..runs import Run, environment
 from .checkpointing import RunCheckpoint
-from .config import Config
-from .data.augment import build_augmenter
-from .data.dataset import prepare
-from .data.locate import resolve_data_path
-from .data.pipeline import eval_dataset, training_dataset
-from .distribute import (Placement, agree_to_stop, is_worker_failure, placement_for, progress_callback,
-                         synchronize_batchnorm, worker_lost)
-from .evaluate import evaluate_prepared
-from .models import PneumoniaAUC, build_model
-from .paths import atomic_write, atomic_write_json, atomic_write_text
+from .pipeline import eval_dataset, training_dataset
 from .precision import dtype_policy, resolve_jit, resolve_precision
-from .runs import Run, RunError, environment
+from .sharding import shard, training_input, validation_input
+from .strategy import Placement, placement_for, synchronize_batchnorm
+from .watchdog import agree_to_stop, is_worker_failure, progress_callback, worker_lost
+
+
+@dataclass
+class Fitted:
+    """What training leaves for evaluation: the run, its config, the data and the best model."""
+
+    run: Run
+    config: Config
+    prepared: PreparedData | None = None  # None: nothing left to do (the run was already complete)
+    model: keras.Model | None = None  # float32, best epoch's weights; None on a non-chief worker
+    state: dict | None = None  # the checkpoint state (epochs, best score, time)
 
 
 def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
     """'balanced': n / (2 * n_class), so both classes weigh the same in the loss."""
     if mode == "none":
         return None
-    counts = np.bincount(labels, minlength=2)
-    return {c: float(len(labels) / (2 * counts[c])) for c in range(2) if counts[c]}
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
 def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int, replicas: int = 1,
@@ -55,19 +69,21 @@ def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int, replica
     )
 
 
-def train(cfg: Config, data: str | Path | None = None, out: str | Path = "runs/latest", resume: bool = False,
-          verbose: int | None = None, placement: Placement | None = None) -> Run:
-    """Train ``cfg`` on ``data`` into the run directory ``out``; returns the finished Run.
+def fit(cfg: Config | None, data: str | Path | None = None, out: str | Path = "runs/latest", resume: bool = False,
+        verbose: int | None = None, placement: Placement | None = None) -> Fitted:
+    """Train ``cfg`` on ``data`` into the run directory ``out`` and save ``model.keras``.
 
     With ``resume=True`` the run continues from its last completed epoch, using the
-    config saved in ``out`` (``cfg`` is ignored). ``placement`` (pneumoscan.distribute)
-    says where to train; by default the one ``cfg.train.strategy`` asks for. Under
-    ``multiworker`` only the chief writes ``out``; the other workers write into a
-    temporary directory they delete, and read ``out`` only to resume.
+    config saved in ``out`` (``cfg`` is ignored). ``placement`` (:mod:`.strategy`) says where
+    to train; by default the one ``cfg.train.strategy`` asks for. Under ``multiworker`` only
+    the chief writes ``out``; the other workers write into a temporary directory they
+    delete, and read ``out`` only to resume.
     """
     run = Run(Path(out))
     if resume:
         cfg = run.config()
+    if cfg.train.tensorboard:
+        require_tensorboard()
     # Before any TensorFlow op runs: MultiWorkerMirroredStrategy must be created first.
     placement = placement or placement_for(cfg.train)
     state = None
@@ -76,26 +92,41 @@ def train(cfg: Config, data: str | Path | None = None, out: str | Path = "runs/l
         state = RunCheckpoint.load_state(run)
         if state and state.get("complete"):
             print(f"pneumoscan: {run.root} already finished; nothing to resume")
-            return run
+            return Fitted(run, cfg)
     elif placement.is_chief and run.config_file.exists():
         raise RunError(f"{run.root}: already holds a run; use --resume {run.root} or another --out")
     write_root = placement.writable_root(run.root)
     try:
-        finished = _train(cfg, data, run, Run(write_root), resume, state, verbose, placement)
+        fitted = _fit(cfg, data, run, Run(write_root), resume, state, verbose, placement)
         # The other workers wait for the chief to finish writing: a worker that left early
         # would look like a crashed one to TensorFlow's coordination service.
         placement.barrier()
-        return finished
+        return fitted
     finally:
         placement.stop_watchdog()
         placement.release(write_root, run.root)
 
 
-def _train(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict | None, verbose: int | None,
-           placement: Placement) -> Run:
+def require_tensorboard() -> None:
+    """Fail before training, not after the first epoch, when the logs cannot be written."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard needs the tensorboard package, which is not installed: "
+                          "pip install 'pneumoscan[tensorboard]' (or pip install tensorboard)")
+
+
+def mark_complete(fitted: Fitted) -> None:
+    """Record that the run is finished (after evaluation): ``--resume`` then has nothing to do."""
+    fitted.state["complete"] = True
+    atomic_write_json(fitted.run.checkpoint_state_file, fitted.state)
+
+
+def _fit(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict | None, verbose: int | None,
+         placement: Placement) -> Fitted:
     """The training proper. ``run`` is where this process writes (the run directory on the
     chief, a temporary one elsewhere); ``source`` is the run directory itself."""
-    data_path = resolve_data_path(data or cfg.data.path, cfg.data.source).resolve()
+    data_path = resolve_data_path(data or cfg.data.path, cfg.data.source)
     cfg.data.path = str(data_path)
     keras.utils.set_random_seed(cfg.train.seed)
 
@@ -118,7 +149,7 @@ def _train(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict |
     steps = int(np.ceil(len(x_train) / global_batch))
     jit = resolve_jit(t.jit_compile, replicas)
     checkpoint = RunCheckpoint(run, t.monitor, t.patience, t.max_minutes, state)
-    last_file = source.checkpoint_dir / checkpoint.last_file.name  # every worker resumes from the chief's
+    last_file = source.last_checkpoint_file  # every worker resumes from the chief's
     placement.progress("building the model")
     with placement.strategy.scope():
         if state is not None and last_file.is_file():
@@ -138,16 +169,21 @@ def _train(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict |
         callbacks = [checkpoint]
         if placement.multi_worker:
             callbacks += [agree_to_stop(placement), progress_callback(placement)]
+        if t.tensorboard and placement.is_chief:
+            # Scalars per epoch (the learning rate among them), appended across resumes.
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.tensorboard_dir), write_graph=False,
+                                                         update_freq="epoch", profile_batch=0))
         x_val, y_val = prepared.images["val"], prepared.labels["val"]
-        x_mine, y_mine = placement.shard(x_train), placement.shard(y_train)  # all of it on one worker
-        train_data, steps_per_epoch = placement.training_input(training_dataset(
+        x_mine, y_mine = shard(placement, x_train), shard(placement, y_train)  # all of it on one worker
+        train_data, steps_per_epoch = training_input(placement, training_dataset(
             x_mine, y_mine, global_batch, build_augmenter(cfg.augment, t.seed), t.seed + initial_epoch),
             len(x_mine), global_batch)
         try:
             model.fit(
                 train_data,
                 steps_per_epoch=steps_per_epoch,
-                validation_data=placement.validation_input(eval_dataset(placement.shard(x_val), placement.shard(y_val), 128)),
+                validation_data=validation_input(placement, eval_dataset(shard(placement, x_val),
+                                                                         shard(placement, y_val), 128)),
                 epochs=t.epochs,
                 initial_epoch=initial_epoch,
                 class_weight=class_weights(y_train, t.class_weight),
@@ -161,16 +197,12 @@ def _train(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict |
             raise
     placement.stop_watchdog()  # what follows runs on the chief alone, without collectives
     if not placement.is_chief:
-        return source
+        return Fitted(source, cfg, prepared, None, checkpoint.state)
 
-    final = build_model(cfg.model, cfg.data.image_size)
+    final = build_model(cfg.model, cfg.data.image_size)  # float32 whatever the training precision
     final.load_weights(checkpoint.best_file)
     atomic_write(run.model_file, lambda tmp: final.save(tmp))
-    evaluate_prepared(run, final, prepared, cfg, training=checkpoint.state)
-    checkpoint.state["complete"] = True
-    atomic_write_json(checkpoint.state_file, checkpoint.state)
-    write_report_or_warn(run)
-    return run
+    return Fitted(run, cfg, prepared, final, checkpoint.state)
 
 
 def _remove_stale_temporaries(run: Run) -> None:
@@ -178,14 +210,3 @@ def _remove_stale_temporaries(run: Run) -> None:
     for folder in (run.root, run.checkpoint_dir):
         for tmp in folder.glob(".tmp-*"):
             tmp.unlink(missing_ok=True)
-
-
-def write_report_or_warn(run: Run) -> None:
-    """Figures and report.html for a finished run; a failure here must never cost the trained run."""
-    try:
-        from .report import write_report
-
-        write_report(run.root)
-    except Exception as exc:  # the model and metrics are already saved: warn and go on
-        print(f"pneumoscan: warning: could not write {run.root / 'report.html'} ({type(exc).__name__}: {exc}); "
-              f"the run itself is complete. Retry with: pneumoscan report {run.root}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 
 # Refusals. A chest X-ray is at most ~4300 x 4300 px (17 inch detector at 0.1 mm), about 18.5
 # megapixels, so 50 megapixels leaves room for odd scanners and still refuses a bomb.

@@ -14,14 +14,14 @@ import pandas as pd
 
 from ..config import Config
 from ..data.dataset import PreparedData, prepare
-from ..data.pipeline import predict_probabilities
+from ..errors import RunError
+from ..models.predict import load_run_model, predict_probabilities
+from ..options import REPORTED_SPLITS
 from ..paths import atomic_write, atomic_write_json
-from ..runs import Run, RunError
+from ..runs import Run
 from .calibration import apply_temperature, expected_calibration_error, fit_temperature
 from .metrics import CI_METRICS, bootstrap_ci, classification_metrics
 from .threshold import ALTERNATIVES, choose_threshold
-
-REPORTED_SPLITS = ("val", "test", "kaggle_val")
 
 
 def split_report(y, p, threshold: float, cfg: Config) -> dict:
@@ -90,7 +90,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
     """Re-evaluate a finished run (optionally on data moved to ``data``)."""
     run = Run(Path(run_dir))
     cfg = run.config()
-    model = run.load_model()
+    model = load_run_model(run)
     prepared = prepare(cfg.data, data or cfg.data.path)
     saved = pd.read_csv(run.splits_file)
     same = (len(saved) == len(prepared.splits)

@@ -1,7 +1,11 @@
 """Grad-CAM: where in the X-ray the model found its evidence (Selvaraju et al., 2017).
 
-    from pneumoscan.explain import gradcam, overlay
-    maps = gradcam(model, images)            # (N, S, S) float32 in [0, 1], evidence for PNEUMONIA
+    import pneumoscan
+    from pneumoscan.imaging import load_image
+    from pneumoscan.report.gradcam import gradcam, overlay
+    predictor = pneumoscan.load("runs/default")
+    images = load_image("xray.jpeg", predictor.image_size).array[None]   # (1, S, S) uint8
+    maps = gradcam(predictor.model, images)  # (N, S, S) float32 in [0, 1], evidence for PNEUMONIA
     rgb = overlay(images[0], maps[0])        # (S, S, 3) uint8: the X-ray under a jet colour map
 
 The map is computed at a spatial feature map of the model (by default the last one, which
@@ -15,21 +19,12 @@ whose gradient is then 0 and the map would be blank, while the log-odds keeps it
 from __future__ import annotations
 
 import functools
-import re
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from .data.preprocess import ImageReadError, load_preprocessed
-from .data.sources import CLASS_NAMES
-from .paths import atomic_write
-from .predict import Predictor, expand_inputs
-
-COLUMNS = ["path", "probability", "label", "heatmap_png", "error"]
 EXPLAINED_CLASS = 1  # PNEUMONIA: every map shows the evidence for pneumonia, whatever the label
 BATCH_SIZE = 32
 SHOWN_CANDIDATES = 20  # an unknown layer's error lists this many names nearest the head
@@ -207,7 +202,7 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 
 def gradcam(model, images, layer: str | None = None, class_index: int = EXPLAINED_CLASS) -> np.ndarray:
-    """Grad-CAM maps for (N, S, S) uint8 images (as ``load_preprocessed`` returns them).
+    """Grad-CAM maps for (N, S, S) uint8 images (as :func:`pneumoscan.imaging.load_image` gives them).
 
     Returns (N, S, S) float32 in [0, 1], each map scaled to its own maximum; deterministic.
     ``layer``: a spatial layer's name (default: :func:`find_last_conv_layer`); a layer inside
@@ -236,73 +231,3 @@ def overlay(image, heatmap, alpha: float = 0.4) -> np.ndarray:
     gray = np.repeat(image.astype(np.float32)[..., None] / 255.0, 3, axis=2)
     blended = (1.0 - alpha) * gray + alpha * colour
     return np.round(np.clip(blended, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _save_panel(path: Path, image: np.ndarray, heatmap: np.ndarray, title: str) -> None:
-    """X-ray | Grad-CAM overlay side by side, with the prediction in the title."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    evidence = "Grad-CAM: evidence for PNEUMONIA" if heatmap.max() > 0 else "Grad-CAM: no evidence for PNEUMONIA"
-    for ax, picture, caption in zip(fig.subplots(1, 2), (image, overlay(image, heatmap)),
-                                    ("X-ray (as the model sees it)", evidence)):
-        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255)
-        ax.set_title(caption, fontsize=9)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-def _png_name(path: str, taken: set[str]) -> str:
-    """``<stem>_gradcam.png``, numbered when two inputs share a stem."""
-    stem = re.sub(r"[^\w.-]+", "_", Path(path).stem) or "image"
-    name, n = f"{stem}_gradcam.png", 1
-    while name in taken:
-        n += 1
-        name = f"{stem}_{n}_gradcam.png"
-    taken.add(name)
-    return name
-
-
-def explain_paths(run_dir_or_predictor, paths: Iterable[str | Path] | str | Path, out_dir: str | Path,
-                  layer: str | None = None) -> pd.DataFrame:
-    """Predict and explain image files, folders or globs; one overlay PNG per image in ``out_dir``.
-
-    Returns one row per input: path, probability (calibrated), label (at the run's threshold),
-    heatmap_png, error. An input that cannot be read gets an error row; the rest are processed.
-    """
-    predictor = (run_dir_or_predictor if isinstance(run_dir_or_predictor, Predictor)
-                 else Predictor.from_run(run_dir_or_predictor))
-    if not isinstance(predictor.model, keras.Model):
-        raise ValueError(f"Grad-CAM needs the run's Keras model, not {getattr(predictor.model, 'name', predictor.model)!r}")
-    explainer = GradCam(predictor.model, layer=layer)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    rows, taken = [], set()
-    entries = expand_inputs(paths)
-    for start in range(0, len(entries), BATCH_SIZE):
-        good, images = [], []
-        for path, error in entries[start:start + BATCH_SIZE]:
-            if not error:
-                try:
-                    images.append(load_preprocessed(path, predictor.image_size))
-                except ImageReadError as exc:
-                    error = exc.problem
-            rows.append({"path": path, "probability": np.nan, "label": "", "heatmap_png": "", "error": error})
-            if not error:
-                good.append(rows[-1])
-        if not images:
-            continue
-        images = np.stack(images)
-        for row, image, p, heat in zip(good, images, predictor.probabilities(images), explainer(images)):
-            label = CLASS_NAMES[int(p >= predictor.threshold)]
-            png = out_dir / _png_name(row["path"], taken)
-            _save_panel(png, image, heat, f"{Path(row['path']).name}: {label} "
-                        f"(p(pneumonia) = {p:.3f}, threshold {predictor.threshold:.3f})")
-            row.update(probability=float(p), label=label, heatmap_png=str(png))
-    return pd.DataFrame(rows, columns=COLUMNS)

@@ -23,17 +23,3 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, au
 def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int):
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
     return ds.map(lambda x, y: (as_model_input(x), tf.one_hot(y, 2))).prefetch(tf.data.AUTOTUNE)
-
-
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probability of PNEUMONIA for each (S, S) uint8 image."""
-    if len(images) == 0:
-        return np.zeros(0, dtype=np.float64)
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)[..., None]
-        # A Keras model runs its compiled (graph-mode) predict step: calling it eagerly is
-        # about 8x slower at batch 1. Other engines (ONNX) are plain callables.
-        step = getattr(model, "predict_on_batch", None)
-        out.append(np.asarray(step(batch) if step else model(batch, training=False))[:, 1])
-    return np.concatenate(out).astype(np.float64)

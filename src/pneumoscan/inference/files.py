@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import atomic_write_text
+from ..paths import atomic_write_text
 
 
 class PredictionFile:

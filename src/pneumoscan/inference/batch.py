@@ -1,7 +1,7 @@
 """``pneumoscan predict`` on any number of images: batches in, rows out as they come.
 
 Memory stays bounded: inputs are expanded lazily and one batch of images is decoded at a
-time. Each batch is appended to the output file (see :mod:`pneumoscan.prediction_files`)
+time. Each batch is appended to the output file (see :mod:`pneumoscan.inference.files`)
 and printed before the next one is read, so an interrupted job keeps its finished batches
 and ``resume`` carries on from there.
 """
@@ -15,9 +15,9 @@ from typing import Iterable
 
 import pandas as pd
 
-from .data.inputs import iter_inputs
-from .predict import COLUMNS, Predictor
-from .prediction_files import PredictionFile
+from ..data.inputs import iter_inputs
+from .files import PredictionFile
+from .predictor import COLUMNS, Predictor
 
 
 @dataclass

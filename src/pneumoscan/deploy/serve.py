@@ -9,9 +9,10 @@
   others are still predicted;
 - ``GET /health``: the model's id (run name + hash of model.keras) and status.
 
-Uploads go to a temporary folder that is removed when the request ends; images are read
-by the shared loader (``pneumoscan.data.preprocess``) through ``Predictor.predict``, so the
-app applies exactly the preprocessing, calibration and threshold of the command line.
+Uploads are decoded once, from memory (no temporary files), by the shared loader
+(:func:`pneumoscan.imaging.load_image`) through ``Predictor.iter_batches``, so the app
+applies exactly the preprocessing, calibration and threshold of the command line. The
+answer is 200 when at least one file was predicted, 422 (same JSON) when none could be.
 The app has no authentication and binds 127.0.0.1 unless told otherwise.
 """
 from __future__ import annotations
@@ -20,7 +21,6 @@ import base64
 import io
 import logging
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -34,11 +34,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from .export import model_id
-from .predict import WARNING_SEPARATOR, Predictor
-from .runs import Run
+from ..inference.predictor import WARNING_SEPARATOR, Predictor
+from ..models.predict import load_run_model
+from ..runs import Run
 
-log = logging.getLogger("pneumoscan.serve")
+log = logging.getLogger(__name__)
 
 UPLOAD_FIELD = "file"
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -70,7 +70,7 @@ class ModelService:
         self.run = Run(Path(run_dir))
         self.engine = engine
         self.predictor = Predictor.from_run(self.run.root, engine=engine)
-        self.model_id = model_id(self.run)
+        self.model_id = self.run.model_id()
         self._keras_model = self.predictor.model if engine == "keras" else None
         self._explainer = None
         self._lock = threading.RLock()
@@ -79,12 +79,12 @@ class ModelService:
         """Grad-CAM needs gradients, so it always runs on the Keras model, whatever the engine."""
         with self._lock:
             if self._keras_model is None:
-                self._keras_model = self.run.load_model()
+                self._keras_model = load_run_model(self.run)
             return self._keras_model
 
     def explainer(self):
         """One Grad-CAM explainer for the app's life: it traces its graph once, not per request."""
-        from .explain import GradCam
+        from ..report.gradcam import GradCam
 
         with self._lock:
             if self._explainer is None:
@@ -92,75 +92,61 @@ class ModelService:
             return self._explainer
 
     def health(self) -> dict:
-        from . import __version__
+        from .. import __version__
 
         return {"status": "ok", "model_id": self.model_id, "run": self.run.root.name, "engine": self.engine,
                 "image_size": self.predictor.image_size, "threshold": self.predictor.threshold,
                 "temperature": self.predictor.temperature, "pneumoscan_version": __version__}
 
     def analyse(self, uploads: list[tuple[str, bytes]], with_gradcam: bool) -> list[dict]:
-        """[(client file name, content)] -> one result dict per upload, in order."""
-        with tempfile.TemporaryDirectory(prefix="pneumoscan-upload-") as folder:
-            saved = []
-            for index, (filename, content) in enumerate(uploads):
-                path = Path(folder) / f"{index:03d}_{_safe_name(filename)}"
-                path.write_bytes(content)
-                saved.append(path)
-            table = self.predictor.predict(saved) if saved else None
-            rows = {} if table is None else {row["path"]: row for row in table.to_dict("records")}
-            results = [self._result(filename, path, rows.get(str(path)))
-                       for (filename, _), path in zip(uploads, saved)]
-            if with_gradcam:
-                self._add_gradcam(results, saved)
+        """[(client file name, content)] -> one result dict per upload, in order.
+
+        Each upload is decoded once, from memory, by the same loader the command line uses.
+        """
+        if not uploads:
+            return []
+        names, contents = zip(*uploads)
+        results, readable = [], []
+        for batch in self.predictor.iter_batches(list(contents), batch_size=len(uploads), names=list(names)):
+            by_row = {}
+            for row in batch.rows:
+                by_row[id(row)] = self._result(row)
+                results.append(by_row[id(row)])
+            readable += [(by_row[id(row)], image) for row, image in zip(batch.readable, batch.images)]
+        if with_gradcam and readable:
+            self._add_gradcam(readable)
         return results
 
-    def _result(self, filename: str, path: Path, row: dict | None) -> dict:
-        def clean(text) -> str:
-            # Messages must name the client's file, never our temporary path.
-            return str(text or "").replace(str(path), filename).replace(path.name, filename)
-
-        result = {"filename": filename, "probability": None, "label": None,
+    def _result(self, row: dict) -> dict:
+        result = {"filename": row["path"], "probability": None, "label": None,
                   "threshold": self.predictor.threshold, "warnings": [], "error": None}
-        if row is None:
-            result["error"] = "not processed"
-            return result
-        warning = row.get("warning")
-        if isinstance(warning, str) and warning:
-            result["warnings"] = [clean(w) for w in warning.split(WARNING_SEPARATOR) if w]
-        if row.get("error"):
-            result["error"] = clean(row["error"])
+        if row["warning"]:
+            result["warnings"] = [w for w in row["warning"].split(WARNING_SEPARATOR) if w]
+        if row["error"]:
+            result["error"] = row["error"]
         else:
             result["probability"] = float(row["probability"])
             result["label"] = row["label"]
         return result
 
-    def _add_gradcam(self, results: list[dict], paths: list[Path]) -> None:
-        from .data.preprocess import load_preprocessed
-        from .explain import overlay
+    def _add_gradcam(self, readable: list[tuple[dict, np.ndarray]]) -> None:
+        from ..report.gradcam import overlay
 
-        good = [(r, p) for r, p in zip(results, paths) if r["error"] is None]
-        if not good:
-            return
+        images = np.stack([image for _, image in readable])
         try:
-            images = np.stack([load_preprocessed(p, self.predictor.image_size) for _, p in good])
             maps = self.explainer()(images)
         except Exception as exc:  # a missing heat map must not cost the user the prediction itself
             log.exception("Grad-CAM failed")
-            for result, _ in good:
+            for result, _ in readable:
                 result["warnings"].append(f"Grad-CAM unavailable ({type(exc).__name__})")
             return
-        for (result, _), image, heat in zip(good, images, maps):
+        for (result, image), heat in zip(readable, maps):
             result["gradcam_png_base64"] = _png_base64(overlay(image, heat))
 
 
 def _client_name(filename: str | None) -> str:
     """The file name the client sent, without any folder part (shown back to the user)."""
     return re.split(r"[\\/]", filename or "")[-1] or "upload"
-
-
-def _safe_name(filename: str) -> str:
-    """A name safe to write in our temporary folder: letters, digits, '.', '-', '_' (keeps the suffix)."""
-    return re.sub(r"[^\w.-]+", "_", _client_name(filename)).lstrip(".")[-100:] or "upload"
 
 
 def _png_base64(rgb: np.ndarray) -> str:
@@ -194,7 +180,7 @@ def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float 
         raise ValueError("the upload limit must be positive and at least one file must be allowed per request")
     service = service or ModelService(run_dir, engine)
     limits = Limits(int(max_upload_mb * 1024 * 1024), max_files)
-    page = resources.files("pneumoscan").joinpath("static/index.html").read_text(encoding="utf-8")
+    page = resources.files("pneumoscan.deploy").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title="pneumoscan", version=service.health()["pneumoscan_version"],
                   docs_url=None, redoc_url=None)  # the docs pages load scripts from a CDN
     app.state.service = service
@@ -255,8 +241,12 @@ def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float 
         finally:
             await form.close()
         results = await run_in_threadpool(service.analyse, uploads, gradcam)
-        return {"model_id": service.model_id, "engine": service.engine,
+        body = {"model_id": service.model_id, "engine": service.engine,
                 "threshold": service.predictor.threshold, "results": results}
+        if all(result["error"] for result in results):
+            # Nothing could be predicted: the request was understood, its content unusable.
+            return JSONResponse(body, status_code=422)
+        return body
 
     return app
 

@@ -14,12 +14,24 @@ import time
 import keras
 import pandas as pd
 
-from .paths import atomic_write, atomic_write_json
-from .runs import Run
+from ..paths import atomic_write, atomic_write_json
+from ..runs import Run
 
 
-def _state_file(run: Run):
-    return run.checkpoint_dir / "state.json"
+def history_columns(keys) -> list[str]:
+    """One column order for history.csv, however the rows were made (a resumed run reads its
+    earlier rows back from JSON, in another key order): epoch, the training metrics, their
+    validation twins, then learning rate and seconds."""
+    keys = set(keys)
+    tail = [k for k in ("learning_rate", "seconds") if k in keys]
+    metrics = sorted(keys - {"epoch", *tail})
+    return (["epoch"] if "epoch" in keys else []) + [m for m in metrics if not m.startswith("val_")] \
+        + [m for m in metrics if m.startswith("val_")] + tail
+
+
+def write_history(run: Run, history: list[dict]) -> None:
+    table = pd.DataFrame(history)
+    atomic_write(run.history_file, lambda tmp: table[history_columns(table.columns)].to_csv(tmp, index=False))
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -31,19 +43,19 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     @property
     def last_file(self):
-        return self.run.checkpoint_dir / "last.keras"
+        return self.run.last_checkpoint_file
 
     @property
     def best_file(self):
-        return self.run.checkpoint_dir / "best.weights.h5"
+        return self.run.best_weights_file
 
     @property
     def state_file(self):
-        return _state_file(self.run)
+        return self.run.checkpoint_state_file
 
     @classmethod
     def load_state(cls, run: Run) -> dict | None:
-        file = _state_file(run)
+        file = run.checkpoint_state_file
         return json.loads(file.read_text()) if file.is_file() else None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -78,7 +90,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         elif self.max_minutes and self._next_epoch_would_overrun():
             s["stopped"] = f"time budget of {self.max_minutes:g} minutes: another epoch would not fit"
         atomic_write(self.last_file, lambda tmp: self.model.save(tmp))
-        atomic_write(self.run.history_file, lambda tmp: pd.DataFrame(s["history"]).to_csv(tmp, index=False))
+        write_history(self.run, s["history"])
         atomic_write_json(self.state_file, s)
         if s["stopped"]:
             print(f"pneumoscan: {s['stopped']} (best epoch {s['best_epoch']})")

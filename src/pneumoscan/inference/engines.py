@@ -1,0 +1,103 @@
+"""Inference engines: what computes the raw softmax for a batch of preprocessed images.
+
+``Predictor`` calls its engine like a Keras model, ``engine(batch, training=False)`` on
+(B, S, S, 1) float32 in 0..255, and gets (B, 2) softmax rows. Calibration and the
+threshold stay in ``Predictor``, so every engine yields the same calibrated output.
+
+- ``keras``: the run's model.keras itself.
+- ``onnx``: the same model exported to ONNX (cached in RUN/export/model.onnx, written again
+  whenever model.keras changes) and run by ONNX Runtime, which needs neither TensorFlow's
+  graph tracing nor Keras at inference time.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ExportError
+from ..models.predict import load_run_model, model_image_size
+from ..options import ENGINES
+from ..paths import atomic_write
+from ..runs import Run
+from .contract import INPUT_NAME, MODEL_FILES, build_contract, read_contract, record_export
+
+
+class OnnxEngine:
+    """An ONNX model run by ONNX Runtime on the CPU, called like a Keras model."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ExportError("the onnx engine needs onnxruntime; run `bash scripts/setup.sh`") from None
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.name = f"onnx:{self.path.name}"
+
+    @property
+    def image_size(self) -> int | None:
+        side = self.session.get_inputs()[0].shape[1]
+        return side if isinstance(side, int) else None
+
+    def __call__(self, batch, training: bool = False) -> np.ndarray:
+        # ``training`` exists only to match the Keras call; an exported model has no training mode.
+        return self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})[0]
+
+
+def engine_image_size(engine) -> int | None:
+    """The square input size an engine's model takes, from the model itself."""
+    return engine.image_size if isinstance(engine, OnnxEngine) else model_image_size(engine)
+
+
+def load_engine(run: Run, engine: str = "keras"):
+    """The object that computes raw probabilities for ``run``'s model with ``engine``."""
+    if engine == "keras":
+        return load_run_model(run)
+    if engine == "onnx":
+        return OnnxEngine(ensure_onnx(run))
+    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+def input_signature(model):
+    import tensorflow as tf
+
+    size = int(model.inputs[0].shape[1])
+    # Batch left open (None): one file serves batch 1 and batch 32 alike.
+    return [tf.TensorSpec((None, size, size, 1), tf.float32, name=INPUT_NAME)]
+
+
+def write_onnx(model, target: Path) -> None:
+    # Keras 3 exports ONNX itself (through tf2onnx.convert.from_function on a traced
+    # tf.function); tf2onnx.convert.from_keras does not work with Keras 3 models.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf2onnx warns about its own internals
+        atomic_write(target, lambda tmp: model.export(str(tmp), format="onnx", verbose=False,
+                                                      input_signature=input_signature(model)))
+
+
+def ensure_onnx(run: Run) -> Path:
+    """RUN/export/model.onnx, exported on first use and again whenever model.keras changes."""
+    digest = run.model_sha256()
+    target = run.export_dir / MODEL_FILES["onnx"]
+    recorded = read_contract(run.export_dir).get("exports", {}).get("onnx", {})
+    if target.is_file() and recorded.get("model_sha256") == digest:
+        return target
+    contract = build_contract(run)
+    run.export_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_onnx(load_run_model(run), target)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise ExportError(f"onnx export needs a package that is not installed ({exc}); "
+                          "run `bash scripts/setup.sh`") from None
+    except Exception as exc:  # converters raise many types; the user needs one line naming the format
+        raise ExportError(f"onnx export of {run.model_file} failed: {type(exc).__name__}: {exc}") from None
+    record_export(run.export_dir, contract, "onnx", target)
+    return target
