@@ -45,7 +45,7 @@ def test_run_directory_is_complete(tiny_run):
 
 def test_config_json_reproduces_the_config(tiny_run, shared_data):
     expected = resolve(overrides=TINY_OVERRIDES)
-    expected.data.path = str(Path(shared_data).resolve())  # the run records where its data was
+    expected.data.path = str(shared_data)  # the run records where its data was, as an absolute path
     assert tiny_run.config() == expected
     assert resolve(tiny_run.config_file) == expected  # `train --config RUN/config.json` repeats it
 
