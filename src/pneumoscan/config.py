@@ -24,8 +24,8 @@ from typing import Any, Mapping
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import ConfigError
-from .options import (CLASS_WEIGHTS, JIT_MODES, PRECISIONS, SOURCES, STRATEGIES, THRESHOLD_RULE_HELP,
-                      parse_threshold_rule)
+from .options import (CLASS_WEIGHTS, JIT_MODES, NORMALIZATIONS, PRECISIONS, SOURCES, STRATEGIES,
+                      THRESHOLD_RULE_HELP, parse_threshold_rule)
 
 __all__ = ["Config", "ConfigError", "DataConfig", "AugmentConfig", "ModelConfig", "TrainConfig",
            "EvaluateConfig", "resolve", "named_configs", "parse_overrides", "merge", "load_file"]
@@ -51,6 +51,14 @@ class AugmentConfig:
     brightness: float = 0.10
     # Off by default: a mirrored chest puts the heart on the wrong side.
     horizontal_flip: bool = False
+    # Acquisition levers (0 = off); see pneumoscan.imaging.augment.
+    zoom_in: float = 0.0  # zoom in further than out, by up to this fraction (tighter framing)
+    borders: float = 0.0  # collimator edges: black bands of up to this fraction per side
+    gamma: float = 0.0  # intensity curve: exponent in [1/(1+gamma), 1+gamma]
+    noise: float = 0.0  # detector noise: std up to this, on the 0..255 scale
+    blur: float = 0.0  # Gaussian blur strength factor (Keras RandomGaussianBlur)
+    sharpness: float = 0.0  # sharpening/softening factor (Keras RandomSharpness)
+    erasing: float = 0.0  # probability of erasing a random rectangle (Keras RandomErasing)
 
 
 @dataclass
@@ -59,6 +67,9 @@ class ModelConfig:
     dropout: float = 0.3
     width: int = 32  # channels of the first stage; later stages double it
     weights: str | None = None  # keras.applications backbones: None | "imagenet" | path
+    # Input intensity inside the model (so exports carry it): options.NORMALIZATIONS.
+    # "scale": x / 255; "image": each image to zero mean and unit variance (exposure-invariant).
+    normalize: str = "scale"
 
 
 @dataclass
@@ -229,6 +240,10 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 def validate(config: Config) -> None:
     d, t = config.data, config.train
     _one_of("data.source", d.source, SOURCES)
+    _one_of("model.normalize", config.model.normalize, NORMALIZATIONS)
+    for key in ("zoom_in", "borders", "gamma", "noise", "blur", "sharpness", "erasing"):
+        if getattr(config.augment, key) < 0:
+            raise ConfigError(f"augment.{key} must be 0 (off) or positive, not {getattr(config.augment, key)}")
     if not 16 <= d.image_size <= 1024:
         raise ConfigError(f"data.image_size must be between 16 and 1024, not {d.image_size}")
     if not 0.02 <= d.val_fraction <= 0.5:

@@ -10,6 +10,7 @@ SPLITS = ("train", "val", "test", "kaggle_val")
 REPORTED_SPLITS = ("val", "test", "kaggle_val")  # evaluated and reported; train is fitted on
 
 CLASS_WEIGHTS = ("balanced", "none")
+NORMALIZATIONS = ("scale", "image")  # model.normalize: x / 255, or per-image standardization
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "on", "off")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")

@@ -20,13 +20,15 @@ from ..options import REPORTED_SPLITS
 from ..paths import atomic_write, atomic_write_json
 from ..runs import Run
 from .calibration import apply_temperature, expected_calibration_error, fit_temperature
-from .metrics import CI_METRICS, bootstrap_ci, classification_metrics
+from .metrics import CI_METRICS, accuracy_ceiling, bootstrap_ci, classification_metrics
+from .shift import cached_shifted_copies, shift_report
 from .threshold import ALTERNATIVES, choose_threshold
 
 
 def split_report(y, p, threshold: float, cfg: Config) -> dict:
     entry = classification_metrics(y, p, threshold)
     entry["ci95"] = bootstrap_ci(y, p, threshold, cfg.evaluate.bootstrap, cfg.evaluate.seed)
+    entry["accuracy_ceiling"] = accuracy_ceiling(y, p)  # best any threshold gives: a ceiling, not a result
     entry["at_0.5"] = classification_metrics(y, p, 0.5)
     entry["at_0.5"]["ci95"] = bootstrap_ci(y, p, 0.5, cfg.evaluate.bootstrap, cfg.evaluate.seed)
     return entry
@@ -65,6 +67,7 @@ def evaluate_prepared(run: Run, model, prepared: PreparedData, cfg: Config, trai
     temperature, probs, ece = calibrate(prepared.labels, raw)
     metrics = compute_metrics(prepared.labels, probs, cfg)
     metrics["calibration"] = {"method": "temperature", "temperature": temperature, "fitted_on": "val", "ece": ece}
+    metrics["shift_stress"] = shift_stress(model, prepared, temperature, metrics["threshold"]["value"])
     metrics["model"] = cfg.model.name
     metrics["image_size"] = cfg.data.image_size
     if training:
@@ -84,6 +87,19 @@ def evaluate_prepared(run: Run, model, prepared: PreparedData, cfg: Config, trai
     table = pd.concat(rows, ignore_index=True)
     atomic_write(run.predictions_file, lambda tmp: table.to_csv(tmp, index=False))
     return metrics
+
+
+def shift_stress(model, prepared: PreparedData, temperature: float, threshold: float) -> dict:
+    """The validation images under acquisition changes (:mod:`.shift`): ROC-AUC per change, mean,
+    worst and pooled, and the pooled metrics at the chosen threshold."""
+    labels = prepared.labels["val"]
+    copies = cached_shifted_copies(prepared.images["val"])
+    probs = {name: apply_temperature(predict_probabilities(model, images), temperature)
+             for name, images in copies.items()}
+    report = shift_report(labels, probs)
+    pooled = classification_metrics(np.tile(labels, len(probs)), np.concatenate(list(probs.values())), threshold)
+    report["pooled"] = {k: pooled[k] for k in ("accuracy", "sensitivity", "specificity", "balanced_accuracy")}
+    return report
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:

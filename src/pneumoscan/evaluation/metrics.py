@@ -6,7 +6,7 @@ NORMAL. ``confusion_matrix`` is [[TN, FP], [FN, TP]] (rows: actual NORMAL, PNEUM
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
@@ -43,6 +43,24 @@ def classification_metrics(y_true, prob, threshold: float) -> dict:
         "pr_auc": float(average_precision_score(y, p)) if _both_classes(y) else float("nan"),
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
+
+
+def accuracy_ceiling(y_true, prob) -> dict:
+    """The best accuracy any threshold gives on this split, and that threshold.
+
+    A ceiling, not a result: the threshold is chosen on the very labels it is scored on. Set
+    beside the accuracy at the validation-chosen threshold, it shows how much of an error
+    rate is the ranking (ROC-AUC) and how much the threshold.
+    """
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(prob, dtype=float)
+    if not _both_classes(y):
+        return {"accuracy": float("nan"), "threshold": float("nan")}
+    fpr, tpr, thresholds = roc_curve(y, p)
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    accuracy = (tpr * positives + (1 - fpr) * negatives) / len(y)
+    best = int(np.argmax(accuracy))
+    return {"accuracy": float(accuracy[best]), "threshold": float(min(thresholds[best], 1.0))}
 
 
 def bootstrap_ci(y_true, prob, threshold: float, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:

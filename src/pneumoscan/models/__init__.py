@@ -7,6 +7,7 @@ import keras
 
 from ..config import ModelConfig
 from .auc import PneumoniaAUC
+from .layers import PerImageStandardization
 from ..errors import WeightsError
 from .applications import BACKBONES, backbone_model
 from .pneumonet import pneumonet
@@ -23,7 +24,8 @@ def available_models() -> list[str]:
 def build_model(cfg: ModelConfig, image_size: int) -> keras.Model:
     if cfg.name not in MODELS:
         raise ValueError(f"unknown model {cfg.name!r}; available: {', '.join(available_models())}")
-    return MODELS[cfg.name](image_size=image_size, dropout=cfg.dropout, width=cfg.width, weights=cfg.weights)
+    return MODELS[cfg.name](image_size=image_size, dropout=cfg.dropout, width=cfg.width, weights=cfg.weights,
+                            normalize=cfg.normalize)
 
 
 from .predict import load_run_model, model_image_size, predict_probabilities  # noqa: E402

@@ -21,8 +21,12 @@ BACKBONES = {
 }
 
 
-def backbone_model(name: str, image_size: int, dropout: float = 0.3, weights: str | None = None, **_) -> keras.Model:
+def backbone_model(name: str, image_size: int, dropout: float = 0.3, weights: str | None = None,
+                   normalize: str = "scale", **_) -> keras.Model:
     """``weights``: None (random), ``"imagenet"`` (downloads: needs internet) or a weights file path."""
+    if normalize != "scale":
+        raise ValueError(f"{name} scales its input itself (keras.applications preprocessing): "
+                         f"model.normalize = {normalize!r} is for pneumonet and seed_cnn")
     factory = BACKBONES[name]
     load_imagenet = weights == "imagenet"
     if weights not in (None, "imagenet") and not Path(weights).is_file():

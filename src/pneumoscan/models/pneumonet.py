@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from .layers import input_scaling
+
 
 def _block(x, filters: int, stride: int, name: str):
     shortcut = x
@@ -24,9 +26,10 @@ def _block(x, filters: int, stride: int, name: str):
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def pneumonet(image_size: int, dropout: float = 0.3, width: int = 32, depth: tuple[int, ...] = (1, 2, 2, 1), **_) -> keras.Model:
+def pneumonet(image_size: int, dropout: float = 0.3, width: int = 32, depth: tuple[int, ...] = (1, 2, 2, 1),
+              normalize: str = "scale", **_) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 1), name="image")
-    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    x = input_scaling(normalize)(inputs)
     x = layers.Conv2D(width, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from .layers import input_scaling
 
-def seed_cnn(image_size: int, dropout: float = 0.5, width: int = 32, **_) -> keras.Model:
+
+def seed_cnn(image_size: int, dropout: float = 0.5, width: int = 32, normalize: str = "scale",
+             **_) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 1), name="image")
-    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    x = input_scaling(normalize)(inputs)
     for i, filters in enumerate((width, width * 2, width * 4, width * 4)):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)

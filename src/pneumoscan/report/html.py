@@ -200,6 +200,10 @@ def render_report(run_dir: str | Path, failures: dict[str, str] | None = None) -
         "metric_columns": METRIC_COLUMNS, "alternative_columns": ALTERNATIVE_COLUMNS,
         "metric_blocks": [{"title": None, "rows": _metric_block(metrics, None)},
                           {"title": "At 0.5", "rows": _metric_block(metrics, "at_0.5")}],
+        "ceilings": [{"split": s, "accuracy": metrics[s]["accuracy"], "ceiling": metrics[s]["accuracy_ceiling"]["accuracy"],
+                      "threshold": metrics[s]["accuracy_ceiling"]["threshold"]}
+                     for s in REPORTED_SPLITS if "accuracy_ceiling" in metrics.get(s, {})],
+        "shift": metrics.get("shift_stress"),
         "alternatives": _alternatives(metrics), "calibration": _calibration(metrics),
         "training": _training(metrics), "figures": _figures(run, failures or {}),
         "config_file": str(run.config_file), "config_file_name": run.config_file.name,

@@ -1,0 +1,137 @@
+"""Ablation of the robust-model levers, judged on validation and shift-stress validation only.
+
+    python benchmarks/ablation.py --data ../shared/data --out runs/ablation [--only NAME ...] [--epochs 8]
+    python benchmarks/ablation.py --out runs/ablation --reveal-test    # only after the recipe is committed
+
+Each recipe trains from scratch in its own process (`pneumoscan train`), on the same data,
+splits and seed, with a short protocol (the full cosine schedule squeezed into ``--epochs``),
+so recipes are compared side by side on one machine. Recorded per recipe: validation ROC-AUC,
+shift-stress ROC-AUC (mean, worst, pooled), pooled specificity at the chosen threshold,
+training minutes, epochs and peak resident memory. Test figures are not shown unless
+``--reveal-test`` is given, which is for after the chosen recipe and the reason are committed.
+
+Writes benchmarks/results/ablation.json (the measurements) and benchmarks/results/ablation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+FRAMING = ["augment.zoom_in=0.25", "augment.borders=0.12"]
+INTENSITY = ["augment.gamma=0.5", "augment.noise=6", "augment.blur=0.3", "augment.sharpness=0.3"]
+RECIPES = {  # name -> config overrides on top of the default config
+    "baseline": [],
+    "framing": FRAMING,
+    "intensity": INTENSITY,
+    "all": [*FRAMING, *INTENSITY, "model.normalize=image", "augment.erasing=0.25"],
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run_recipe(name: str, overrides: list[str], data: str, out: Path, epochs: int) -> dict:
+    """Train one recipe in a child process; its figures, time and peak memory."""
+    cli = Path(sys.executable).parent / "pneumoscan"
+    command = [str(cli), "train", "--data", data, "--out", str(out / name), "--source", "kermany",
+               "--epochs", str(epochs), *[a for o in overrides for a in ("--set", o)]]
+    start = time.perf_counter()
+    with open(out / f"{name}.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}); see {out / f'{name}.log'}")
+    metrics = json.loads((out / name / "metrics.json").read_text())
+    stress, training = metrics["shift_stress"], metrics["training"]
+    return {
+        "recipe": name, "overrides": overrides, "epochs": epochs, "command": shlex.join(command),
+        "val_roc_auc": metrics["val"]["roc_auc"], "val_accuracy": metrics["val"]["accuracy"],
+        "stress_mean_roc_auc": stress["mean_roc_auc"], "stress_worst_roc_auc": stress["worst_roc_auc"],
+        "stress_worst_shift": stress["worst_shift"], "stress_pooled_roc_auc": stress["pooled_roc_auc"],
+        "stress_pooled_specificity": stress["pooled"]["specificity"],
+        "stress_roc_auc": stress["roc_auc"],
+        "train_minutes": training["train_seconds"] / 60, "wall_minutes": wall / 60,
+        "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
+        "peak_rss_gb": usage.ru_maxrss / 1024 ** 2,  # ru_maxrss is in KiB on Linux
+    }
+
+
+def render(state: dict, reveal_test: bool, out: Path) -> str:
+    lines = ["# Ablation of the robust-model levers", "",
+             f"- Machine: {state['machine']}", f"- Date: {state['date']}", f"- Command: `{state['command']}`",
+             f"- Protocol: default config (pneumonet, 160 px, seed 42) with the cosine schedule squeezed into "
+             f"{state['epochs']} epochs; one process per recipe, run one after another on the same machine.",
+             "- Chosen on: validation ROC-AUC and shift-stress validation (the validation images under 14 "
+             "acquisition changes); the official test split played no part.", "",
+             "| recipe | val ROC-AUC | stress mean | stress worst (change) | stress pooled | pooled specificity "
+             "| train min | epochs (best) | peak RSS GB |" + (" test ROC-AUC |" if reveal_test else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if reveal_test else "")]
+    for r in state["recipes"].values():
+        row = (f"| `{r['recipe']}` | {r['val_roc_auc']:.4f} | {r['stress_mean_roc_auc']:.4f} | "
+               f"{r['stress_worst_roc_auc']:.4f} ({r['stress_worst_shift']}) | {r['stress_pooled_roc_auc']:.4f} | "
+               f"{100 * r['stress_pooled_specificity']:.1f}% | {r['train_minutes']:.1f} | {r['epochs_run']} "
+               f"({r['best_epoch']}) | {r['peak_rss_gb']:.2f} |")
+        if reveal_test:
+            test = json.loads((out / r["recipe"] / "metrics.json").read_text())["test"]["roc_auc"]
+            row += f" {test:.4f} |"
+        lines.append(row)
+    lines += ["", "Overrides per recipe:", ""]
+    lines += [f"- `{r['recipe']}`: {' '.join(f'`{o}`' for o in r['overrides']) or '(none: the default config)'}"
+              for r in state["recipes"].values()]
+    lines += ["", "Shift-stress ROC-AUC per change:", "",
+              "| change | " + " | ".join(state["recipes"]) + " |", "| --- |" + " ---: |" * len(state["recipes"])]
+    changes = next(iter(state["recipes"].values()))["stress_roc_auc"] if state["recipes"] else {}
+    for change in changes:
+        lines.append(f"| {change} | " + " | ".join(f"{r['stress_roc_auc'][change]:.4f}"
+                                                  for r in state["recipes"].values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("PNEUMOSCAN_DATA"), help="folder holding chest_xray_kermany_224/")
+    parser.add_argument("--out", required=True, help="folder for the recipes' run directories")
+    parser.add_argument("--only", nargs="*", choices=list(RECIPES), help="recipes to run (default: all)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--reveal-test", action="store_true", help="add the test ROC-AUC column (after pre-registration)")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = RESULTS / "ablation.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {"recipes": {}}
+    if not args.reveal_test:
+        if not args.data:
+            parser.error("give --data or set PNEUMOSCAN_DATA")
+        state.update(machine=f"{os.cpu_count()} CPU cores ({cpu_name()}), {platform.system()} {platform.machine()}, no GPU",
+                     date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), epochs=args.epochs,
+                     command="python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]))
+        for name in args.only or RECIPES:
+            print(f"ablation: {name} ...", flush=True)
+            state["recipes"][name] = run_recipe(name, RECIPES[name], args.data, out, args.epochs)
+            state_file.write_text(json.dumps(state, indent=2) + "\n")
+            print(json.dumps({k: v for k, v in state["recipes"][name].items() if k != "stress_roc_auc"}), flush=True)
+    (RESULTS / "ablation.md").write_text(render(state, args.reveal_test, out))
+    print((RESULTS / "ablation.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
