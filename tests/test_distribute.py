@@ -273,3 +273,50 @@ def test_bad_hardware_settings_are_one_clear_line(tmp_path, monkeypatch, capsys,
     with pytest.raises(SystemExit):
         main(["train", "--out", str(tmp_path / "d"), "--precision", "float8"])
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_auto_precision_on_a_cpu_is_measured_once_and_cached(monkeypatch, tmp_path):
+    from pneumoscan.config import resolve
+    from pneumoscan.training.precision import resolve_precision
+    from pneumoscan.training.precision_probe import MIN_SPEEDUP, measured_cpu_precision
+
+    monkeypatch.setenv("PNEUMOSCAN_CACHE", str(tmp_path))
+    cfg = resolve(overrides={"data": {"image_size": 32}, "model": {"name": "pneumonet_small", "width": 8},
+                             "train": {"batch_size": 4}})
+    calls = []
+
+    def fake(speedup):
+        def measure(c, policy):
+            calls.append(policy)
+            return 100.0 if policy == "float32" else 100.0 / speedup
+        return measure
+
+    assert measured_cpu_precision(cfg, fake(MIN_SPEEDUP + 0.05)) == "mixed_bfloat16"
+    assert calls == ["float32", "mixed_bfloat16"]
+    assert measured_cpu_precision(cfg, fake(1.0)) == "mixed_bfloat16"  # cached: not measured again
+    assert len(calls) == 2
+    other = resolve(overrides={"data": {"image_size": 48}, "model": {"name": "pneumonet_small", "width": 8}})
+    assert measured_cpu_precision(other, fake(1.02)) == "float32"  # not worth bfloat16's rounding
+    # The real probe: a few steps of a small model in both precisions.
+    real = resolve(overrides={"data": {"image_size": 32}, "model": {"name": "seed_cnn", "width": 4},
+                              "train": {"batch_size": 4}})
+    assert measured_cpu_precision(real) in ("float32", "mixed_bfloat16")
+    assert resolve_precision("auto", gpu=False, measure=lambda: "mixed_bfloat16") == "mixed_bfloat16"
+    assert resolve_precision("auto", gpu=True, measure=lambda: "mixed_bfloat16") == "mixed_float16"
+    assert resolve_precision("float32", gpu=False, measure=lambda: pytest.fail("measured an explicit choice"))
+
+
+def test_weight_averaging_is_configured_and_checked():
+    from pneumoscan.config import ConfigError, resolve
+
+    assert resolve(overrides={"train": {"ema": "0.99"}}).train.ema == 0.99
+    with pytest.raises(ConfigError, match="train.ema must be a momentum between 0 and 1"):
+        resolve(overrides={"train": {"ema": "1.5"}})
+
+
+def test_the_weight_average_never_outlasts_a_short_run():
+    from pneumoscan.training.loop import ema_momentum
+
+    assert ema_momentum(0.99, 144 * 22) == 0.99  # the default run: 3,168 steps
+    assert ema_momentum(0.99, 100) == pytest.approx(0.9)  # spans a tenth of the run at most
+    assert ema_momentum(0.99, 10) is None and ema_momentum(None, 5000) is None

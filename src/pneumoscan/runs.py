@@ -45,6 +45,8 @@ class Run:
     def environment_file(self): return self.root / "environment.json"
     @property
     def tensorboard_dir(self): return self.root / "tensorboard"
+    @property
+    def scope_file(self): return self.root / "scope.npz"
     # checkpoints (resume and the best epoch)
     @property
     def checkpoint_dir(self): return self.root / "checkpoints"
@@ -115,6 +117,17 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def cpu_model() -> str:
+    """The processor's model name (results files and measurements name the machine they ran on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment() -> dict:
     """Versions and machine facts, saved with every run."""
     def version(pkg):
@@ -130,7 +143,7 @@ def environment() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "processor": platform.processor(),
+        "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
         "command": " ".join(sys.argv),
         "packages": {p: version(p) for p in ("pneumoscan", "tensorflow", "tensorflow-cpu", "keras", "numpy",

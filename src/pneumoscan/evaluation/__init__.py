@@ -21,6 +21,7 @@ from ..paths import atomic_write, atomic_write_json
 from ..runs import Run
 from .calibration import apply_temperature, expected_calibration_error, fit_temperature
 from .metrics import CI_METRICS, accuracy_ceiling, bootstrap_ci, classification_metrics
+from .scope import fit_model_scope
 from .shift import cached_shifted_copies, shift_report
 from .threshold import ALTERNATIVES, choose_threshold
 
@@ -68,10 +69,14 @@ def evaluate_prepared(run: Run, model, prepared: PreparedData, cfg: Config, trai
     metrics = compute_metrics(prepared.labels, probs, cfg)
     metrics["calibration"] = {"method": "temperature", "temperature": temperature, "fitted_on": "val", "ece": ece}
     metrics["shift_stress"] = shift_stress(model, prepared, temperature, metrics["threshold"]["value"])
+    # Refitted with every evaluation: the scope belongs to these very weights.
+    scope, metrics["scope"] = fit_model_scope(model, prepared.images, prepared.labels,
+                                              quantile=1.0 - cfg.evaluate.scope_flag_rate)
+    scope.save(run.scope_file)
     metrics["model"] = cfg.model.name
     metrics["image_size"] = cfg.data.image_size
     if training:
-        metrics["training"] = {k: training.get(k) for k in ("best_epoch", "best", "train_seconds", "stopped")}
+        metrics["training"] = {k: training.get(k) for k in ("best_epoch", "best", "train_seconds", "stopped", "precision")}
         metrics["training"]["epochs_run"] = training.get("epoch", -1) + 1
     elif run.metrics_file.is_file():
         metrics["training"] = run.metrics().get("training")

@@ -5,11 +5,13 @@
 
 What ``auto`` picks, and why:
 
-- CPU: ``float32`` without XLA. Measured on a 2-core AMD EPYC (Zen 4, AVX-512 BF16) with
-  the default model (pneumonet, 160 px, batch 32): float32 713 ms/step, mixed_bfloat16
-  729 ms/step, float32 + XLA 2633 ms/step, mixed_bfloat16 + XLA 2261 ms/step. bfloat16
-  gains nothing there and costs precision; XLA is 3-4x slower than TensorFlow's oneDNN
-  kernels on CPU (Keras also leaves XLA off on CPU-only machines).
+- CPU: no XLA, and float32 or mixed_bfloat16, **whichever trains faster on this processor**:
+  :mod:`.precision_probe` times a few training steps of the run's model in both, once per
+  processor, model and size (kept in the cache), and picks bfloat16 only when it is at least
+  10% faster. It differs by processor: on a 2-core AMD EPYC (Zen 4) the default model took
+  713 ms/step in float32 and 729 ms/step in mixed_bfloat16; Intel Xeons with AMX run
+  bfloat16 steps 1.17-1.43x faster. XLA is 3-4x slower than TensorFlow's oneDNN kernels on
+  CPU (float32 + XLA 2633 ms/step on that EPYC; Keras also leaves XLA off on CPU-only machines).
 - GPU: ``mixed_float16`` with XLA on one GPU (the standard choice for tensor cores; not
   measured here, as no GPU was available). Under a multi-replica strategy XLA stays off,
   as in Keras' own ``auto`` rule; ``--jit-compile on`` forces it.
@@ -22,6 +24,7 @@ precision.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Callable
 
 from ..options import JIT_MODES, PRECISIONS
 
@@ -32,12 +35,16 @@ def on_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def resolve_precision(name: str, gpu: bool | None = None) -> str:
+def resolve_precision(name: str, gpu: bool | None = None, measure: Callable[[], str] | None = None) -> str:
+    """``auto``: mixed_float16 on a GPU; on a CPU what ``measure`` finds fastest (see
+    :mod:`.precision_probe`), else float32."""
     if name not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
     if name != "auto":
         return name
-    return "mixed_float16" if (on_gpu() if gpu is None else gpu) else "float32"
+    if on_gpu() if gpu is None else gpu:
+        return "mixed_float16"
+    return measure() if measure else "float32"
 
 
 def resolve_jit(mode: str, replicas: int = 1, gpu: bool | None = None) -> bool:

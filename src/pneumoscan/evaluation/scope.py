@@ -1,0 +1,113 @@
+"""Out-of-scope score: how unlike the training X-rays an image is, from the model's own features.
+
+Class-conditional Mahalanobis distance (Lee et al., 2018) at every resolution level of the
+network (:mod:`pneumoscan.models.features`): per level, the class means of the training
+features and one shared Ledoit-Wolf covariance; an image's distance at a level is its
+distance to the nearest class mean, divided by the median of that distance on validation so
+that levels weigh alike; the score is the mean over levels. The threshold is the
+``quantile`` of the validation scores (0.95: about 5% of validation images flagged).
+
+Fitted at the end of training on train (statistics) and validation (scales, threshold),
+saved in the run (``scope.npz``), and compiled into the exported ONNX model as a second
+output, so an exported model keeps its scope.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import atomic_write
+
+DEFAULT_QUANTILE = 0.95
+
+
+@dataclass
+class Scope:
+    """Per level: class means (C, D) and the shared precision matrix (D, D); the validation
+    median distance per level; the threshold on the score."""
+
+    means: list[np.ndarray]
+    precisions: list[np.ndarray]
+    scales: np.ndarray
+    threshold: float
+    quantile: float
+
+    def distances(self, features: list[np.ndarray]) -> np.ndarray:
+        """(N, L) squared Mahalanobis distance to the nearest class mean, per level."""
+        out = []
+        for f, means, precision in zip(features, self.means, self.precisions):
+            f = np.asarray(f, dtype=np.float64)
+            per_class = [np.einsum("nd,de,ne->n", f - m, precision, f - m) for m in means]
+            out.append(np.min(per_class, axis=0))
+        return np.stack(out, axis=1)
+
+    def score(self, features: list[np.ndarray]) -> np.ndarray:
+        """The out-of-scope score of each image: higher is further from the training data."""
+        return (self.distances(features) / self.scales).mean(axis=1)
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {"scales": self.scales, "threshold": np.float64(self.threshold),
+                  "quantile": np.float64(self.quantile), "levels": np.int64(len(self.means))}
+        for i, (m, p) in enumerate(zip(self.means, self.precisions)):
+            arrays[f"means_{i}"], arrays[f"precision_{i}"] = m, p
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Scope":
+        with np.load(path) as data:
+            levels = int(data["levels"])
+            return cls([data[f"means_{i}"] for i in range(levels)], [data[f"precision_{i}"] for i in range(levels)],
+                       data["scales"], float(data["threshold"]), float(data["quantile"]))
+
+
+def fit_scope(train_features: list[np.ndarray], train_labels: np.ndarray, val_features: list[np.ndarray],
+              quantile: float = DEFAULT_QUANTILE) -> Scope:
+    """Statistics on train, then scales and the threshold on validation."""
+    from sklearn.covariance import LedoitWolf
+
+    labels = np.asarray(train_labels)
+    classes = np.unique(labels)
+    means, precisions = [], []
+    for f in train_features:
+        f = np.asarray(f, dtype=np.float64)
+        class_means = np.stack([f[labels == c].mean(axis=0) for c in classes])
+        centred = f - class_means[np.searchsorted(classes, labels)]
+        precisions.append(LedoitWolf(assume_centered=True).fit(centred).precision_)
+        means.append(class_means)
+    scope = Scope(means, precisions, np.ones(len(means)), 0.0, quantile)
+    scope.scales = np.maximum(np.median(scope.distances(val_features), axis=0), 1e-12)
+    scope.threshold = float(np.quantile(scope.score(val_features), quantile))
+    return scope
+
+
+def fit_model_scope(model, images: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                    quantile: float = DEFAULT_QUANTILE, max_train: int = 2000, seed: int = 0) -> tuple[Scope, dict]:
+    """Fit the scope of ``model`` on its training images (at most ``max_train``, stratified and
+    seeded) and validation images; returns the scope and a summary for metrics.json (the share
+    of each split flagged, and the score's quantiles)."""
+    from ..models.features import extract_features
+
+    rng = np.random.default_rng(seed)
+    train_labels = labels["train"]
+    keep = np.sort(np.concatenate([
+        rng.permutation(np.flatnonzero(train_labels == c))[: int(round(max_train * np.mean(train_labels == c)))]
+        for c in np.unique(train_labels)]))
+    scope = fit_scope(extract_features(model, images["train"][keep]), train_labels[keep],
+                      extract_features(model, images["val"]), quantile)
+    summary = {"method": "class-conditional Mahalanobis, Ledoit-Wolf, every resolution level",
+               "threshold": scope.threshold, "quantile": quantile, "fitted_on": {"statistics": "train", "threshold": "val"},
+               "train_images": int(len(keep)), "flagged": {}, "score_quantiles": {}}
+    for split, pixels in images.items():
+        if split == "train" or not len(pixels):
+            continue
+        scores = scope.score(extract_features(model, pixels))
+        summary["flagged"][split] = float(np.mean(scores > scope.threshold))
+        summary["score_quantiles"][split] = {q: float(np.quantile(scores, float(q))) for q in ("0.05", "0.5", "0.95")}
+    return scope, summary

@@ -1,0 +1,87 @@
+"""The model's own features, for the out-of-scope score: one pooled vector per resolution level.
+
+Deep layers say what the network concluded; shallow ones how the film looks (texture,
+contrast, grain). An X-ray unlike the training data can pass the deep layers unnoticed (the
+network still finds "lungs") but seldom the shallow ones, so the score reads both: the
+global average of the last feature map at every spatial resolution, and the vector the
+classifier head reads.
+"""
+from __future__ import annotations
+
+import keras
+
+
+def feature_layers(model: keras.Model) -> list[str]:
+    """Names of the layers whose outputs are pooled: the last layer of each spatial resolution."""
+    spatial = [layer for layer in model.layers
+               if len(getattr(layer, "output", None).shape if hasattr(layer, "output") else ()) == 4
+               and not isinstance(layer, keras.layers.InputLayer)]
+    chosen = []
+    for i, layer in enumerate(spatial):
+        following = spatial[i + 1] if i + 1 < len(spatial) else None
+        if following is None or following.output.shape[1] != layer.output.shape[1]:
+            chosen.append(layer.name)
+    return chosen
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """A model with the classifier's probabilities first, then one pooled feature vector per level
+    and the head's input vector: ``[probs, f_1, ..., f_L, head]``."""
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"scope_pool_{name}", dtype="float32")(model.get_layer(name).output)
+              for name in feature_layers(model)]
+    head = model.layers[-1].input
+    return keras.Model(model.inputs, [model.outputs[0], *pooled, head], name=f"{model.name}_features")
+
+
+@keras.saving.register_keras_serializable(package="pneumoscan")
+class ScopeScore(keras.layers.Layer):
+    """The out-of-scope score inside the graph, from fitted constants (see
+    :mod:`pneumoscan.evaluation.scope`): per level the squared Mahalanobis distance to the
+    nearest class mean, divided by the level's validation median, averaged over levels."""
+
+    def __init__(self, means, precisions, scales, **kwargs):
+        super().__init__(**kwargs)
+        import numpy as np
+
+        self._means = [np.asarray(m, dtype="float32") for m in means]
+        self._precisions = [np.asarray(p, dtype="float32") for p in precisions]
+        self._scales = np.asarray(scales, dtype="float32")
+
+    def call(self, features):
+        from keras import ops
+
+        per_level = []
+        for f, means, precision, scale in zip(features, self._means, self._precisions, self._scales):
+            f = ops.cast(f, "float32")
+            diffs = [f - ops.convert_to_tensor(m) for m in means]  # (N, D) per class
+            distances = [ops.sum(ops.matmul(d, ops.convert_to_tensor(precision)) * d, axis=-1) for d in diffs]
+            per_level.append(ops.min(ops.stack(distances, axis=-1), axis=-1) / float(scale))
+        return ops.mean(ops.stack(per_level, axis=-1), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "means": [m.tolist() for m in self._means],
+                "precisions": [p.tolist() for p in self._precisions], "scales": self._scales.tolist()}
+
+
+def scoped_model(model: keras.Model, means, precisions, scales) -> keras.Model:
+    """``image -> [probs, ood_score]``: the classifier with its out-of-scope score, one graph
+    (what the Keras engine runs and the ONNX export holds)."""
+    probs, *features = feature_model(model).outputs
+    score = ScopeScore(means, precisions, scales, name="ood_score")(features)
+    return keras.Model(model.inputs, [probs, score], name=f"{model.name}_scoped")
+
+
+def extract_features(model: keras.Model, images, batch_size: int = 128) -> list:
+    """Per level, (N, D) float32 features of (N, S, S) uint8 images (the probabilities left out)."""
+    import numpy as np
+
+    extractor = feature_model(model)
+    levels = len(extractor.outputs) - 1
+    chunks: list[list] = [[] for _ in range(levels)]
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size], dtype=np.float32)[..., None]
+        outputs = extractor.predict_on_batch(batch)[1:]
+        for level, out in enumerate(outputs):
+            chunks[level].append(np.asarray(out, dtype=np.float32))
+    width = [int(o.shape[-1]) for o in extractor.outputs[1:]]
+    return [np.concatenate(c) if c else np.zeros((0, w), np.float32) for c, w in zip(chunks, width)]

@@ -1,0 +1,84 @@
+"""The out-of-scope score on real images: fitted on the tiny run's own features, adult X-rays
+and non-chest images score far higher than the Kermany test X-rays, and the score inside the
+graph (what the ONNX export holds) equals the numpy one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumoscan.evaluation.scope import Scope, fit_model_scope, fit_scope
+from pneumoscan.imaging import load_image
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_run, shared_data):
+    import pneumoscan
+    from conftest import TINY_OVERRIDES
+    from pneumoscan.models import load_run_model
+
+    model = load_run_model(tiny_run)
+    data = pneumoscan.load_data(shared_data, TINY_OVERRIDES)
+    scope, summary = fit_model_scope(model, data.images, data.labels)
+    return model, scope, summary, data
+
+
+def test_the_threshold_flags_about_the_quantile_of_validation(fitted):
+    _, scope, summary, _ = fitted
+    assert summary["quantile"] == 0.95
+    assert 0.02 <= summary["flagged"]["val"] <= 0.08
+    assert scope.threshold > 0 and len(scope.means) >= 2  # several resolution levels
+
+
+def test_adult_and_non_chest_images_score_higher_than_kermany_test(fitted, shared_data):
+    from pneumoscan.models.features import extract_features
+
+    model, scope, summary, data = fitted
+    size = model.inputs[0].shape[1]
+    adults = sorted((shared_data / "adult_cxr_ccby").rglob("*.png"))[:40]
+    adult_scores = scope.score(extract_features(model, np.stack([load_image(p, size).array for p in adults])))
+    test_scores = scope.score(extract_features(model, data.images["test"]))
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(np.r_[np.zeros(len(test_scores)), np.ones(len(adult_scores))], np.r_[test_scores, adult_scores])
+    assert auc > 0.8, auc  # a two-epoch 64 px model whose statistics come from 80 images
+    noise = np.random.default_rng(0).integers(0, 256, (4, size, size), dtype=np.uint8)
+    flagged = scope.score(extract_features(model, noise)) > scope.threshold
+    assert flagged.all()
+
+
+def test_save_load_and_the_in_graph_score_agree(fitted, tmp_path):
+    from pneumoscan.models.features import extract_features, scoped_model
+
+    model, scope, _, data = fitted
+    scope.save(tmp_path / "scope.npz")
+    again = Scope.load(tmp_path / "scope.npz")
+    images = data.images["test"][:16]
+    features = extract_features(model, images)
+    np.testing.assert_allclose(again.score(features), scope.score(features))
+    assert again.threshold == scope.threshold
+    graph = scoped_model(model, scope.means, scope.precisions, scope.scales)
+    probs, score = graph.predict_on_batch(images.astype("float32")[..., None])
+    np.testing.assert_allclose(score, scope.score(features), rtol=2e-3)
+    np.testing.assert_allclose(probs, model.predict_on_batch(images.astype("float32")[..., None]), atol=1e-6)
+
+
+def test_fit_scope_on_known_gaussians():
+    rng = np.random.default_rng(0)
+    train = [rng.normal(0, 1, (400, 3))]
+    labels = np.r_[np.zeros(200), np.ones(200)]
+    train[0][200:] += 5  # two classes, five apart
+    val = [np.r_[rng.normal(0, 1, (100, 3)), rng.normal(0, 1, (100, 3)) + 5]]
+    scope = fit_scope(train, labels, val, quantile=0.9)
+    far = scope.score([np.full((1, 3), 40.0)])
+    near = scope.score([np.zeros((1, 3))])
+    assert far[0] > scope.threshold > near[0]
+    assert np.mean(scope.score(val) > scope.threshold) == pytest.approx(0.1, abs=0.01)
+
+
+def test_every_training_run_fits_and_saves_its_scope(tiny_run):
+    metrics = tiny_run.metrics()
+    scope = Scope.load(tiny_run.scope_file)
+    assert metrics["scope"]["threshold"] == pytest.approx(scope.threshold)
+    assert metrics["scope"]["quantile"] == pytest.approx(0.95)
+    assert set(metrics["scope"]["flagged"]) >= {"val", "test"}
+    assert 0.0 <= metrics["scope"]["flagged"]["test"] <= 1.0
