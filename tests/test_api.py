@@ -149,17 +149,17 @@ def test_load_data_matches_what_training_used(tiny_run, shared_data):
 def test_named_configs_are_found_by_name_and_installed_with_the_package(tmp_path):
     from pneumoscan.config import named_configs, resolve
 
-    assert {"default", "quick"} <= set(named_configs())
+    assert {"default", "fast", "quick"} <= set(named_configs())
     assert resolve("default") == resolve()
     assert resolve("quick").model.name == "pneumonet_small"
-    with pytest.raises(pneumoscan.config.ConfigError, match="not a named config: default, quick"):
+    with pytest.raises(pneumoscan.config.ConfigError, match="not a named config: default, fast, quick"):
         resolve("no-such-config")
     # A wheel built from the source holds the configs, the page and the report template.
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(Path(__file__).resolve().parents[1])], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("pneumoscan-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("pneumoscan/configs/default.toml", "pneumoscan/configs/quick.toml",
+    for needed in ("pneumoscan/configs/default.toml", "pneumoscan/configs/quick.toml", "pneumoscan/configs/fast.toml",
                    "pneumoscan/deploy/static/index.html", "pneumoscan/report/templates/report.html.j2"):
         assert needed in names, needed
 

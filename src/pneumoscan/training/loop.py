@@ -24,6 +24,7 @@ from ..runs import Run, environment
 from .checkpointing import RunCheckpoint
 from .pipeline import eval_dataset, training_dataset
 from .precision import dtype_policy, resolve_jit, resolve_precision
+from .precision_probe import measured_cpu_precision
 from .sharding import shard, training_input, validation_input
 from .strategy import Placement, placement_for, synchronize_batchnorm
 from .watchdog import agree_to_stop, is_worker_failure, progress_callback, worker_lost
@@ -49,9 +50,20 @@ def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
+def ema_momentum(ema: float | None, total_steps: int) -> float | None:
+    """The weight-average momentum for a run of ``total_steps``: at most ``ema``, and short enough
+    that the average spans a tenth of the run at most (an average over more steps than a short
+    run has would keep the untrained starting weights); None when averaging is off."""
+    if ema is None:
+        return None
+    momentum = min(ema, 1.0 - 10.0 / max(total_steps, 1))
+    return momentum if momentum > 0 else None
+
+
 def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int, replicas: int = 1,
                   jit_compile: bool | str = "auto") -> None:
     t = cfg.train
+    ema = ema_momentum(t.ema, steps_per_epoch * t.epochs)
     # Linear scaling rule: R replicas train on a global batch R times larger, at R times the rate.
     learning_rate = t.learning_rate * replicas
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -62,7 +74,8 @@ def compile_model(model: keras.Model, cfg: Config, steps_per_epoch: int, replica
         alpha=0.01,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule, weight_decay=t.weight_decay or None),
+        optimizer=keras.optimizers.Adam(schedule, weight_decay=t.weight_decay or None,
+                                        use_ema=ema is not None, ema_momentum=ema or 0.99),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=t.label_smoothing),
         metrics=["accuracy", PneumoniaAUC(name="auc")],
         jit_compile=jit_compile,
@@ -158,7 +171,10 @@ def _fit(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict | N
             initial_epoch = state["epoch"] + 1
             print(f"pneumoscan: resuming {source.root} after epoch {initial_epoch}")
         else:
-            with dtype_policy(resolve_precision(t.precision)):
+            # On one CPU replica "auto" is measured (precision_probe); several replicas agree on float32.
+            precision = resolve_precision(t.precision, measure=(lambda: measured_cpu_precision(cfg)) if replicas == 1 else None)
+            checkpoint.state["precision"] = precision
+            with dtype_policy(precision):
                 model = build_model(cfg.model, cfg.data.image_size)
             if replicas > 1 and t.sync_batchnorm:
                 synchronize_batchnorm(model)
@@ -166,7 +182,11 @@ def _fit(cfg: Config, data, source: Run, run: Run, resume: bool, state: dict | N
             initial_epoch = 0
 
     if initial_epoch < t.epochs and not checkpoint.state.get("stopped"):
-        callbacks = [checkpoint]
+        # With EMA the averaged weights are swapped in for validation and at each epoch's end,
+        # so the checkpoint (after the swap) keeps the averaged weights. A resumed run goes on
+        # from the averaged weights of its last epoch.
+        averaging = getattr(model.optimizer, "use_ema", False)
+        callbacks = ([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if averaging else []) + [checkpoint]
         if placement.multi_worker:
             callbacks += [agree_to_stop(placement), progress_callback(placement)]
         if t.tensorboard and placement.is_chief:
