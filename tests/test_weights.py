@@ -46,7 +46,12 @@ def weights_server(tmp_path, monkeypatch):
     keras.utils.set_random_seed(7)
     source = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
                                                  pooling="avg")
-    source.save_weights(served / FILE)
+    # The published files are in the Keras 2 HDF5 layout that load_weights reads for ".h5" names.
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(served / FILE, "w") as fh:
+        legacy_h5_format.save_weights_to_hdf5_group(fh, source)
     digest = hashlib.sha256((served / FILE).read_bytes()).hexdigest()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
@@ -56,6 +61,7 @@ def weights_server(tmp_path, monkeypatch):
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.setattr(mobilenet_v3, "BASE_WEIGHT_PATH", f"http://127.0.0.1:{server.server_address[1]}/")
     monkeypatch.setitem(mobilenet_v3.WEIGHTS_HASHES, KEY, (mobilenet_v3.WEIGHTS_HASHES[KEY][0], digest))
+    (tmp_path / "keras_home").mkdir()  # Keras falls back to /tmp/.keras when the folder is not writable
     monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras_home"))  # an empty Keras cache
     yield server, source
     server.shutdown()

@@ -69,8 +69,9 @@ class ModelConfig:
     width: int = 32  # channels of the first stage; later stages double it
     weights: str | None = None  # keras.applications backbones: None | "imagenet" | path
     # Input intensity inside the model (so exports carry it): options.NORMALIZATIONS.
-    # "scale": x / 255; "image": each image to zero mean and unit variance (exposure-invariant).
-    normalize: str = "image"
+    # "scale": x / 255; "image": each image to zero mean and unit variance (exposure-invariant);
+    # "auto": image for seed_cnn and pneumonet, the backbone's own scaling for keras.applications.
+    normalize: str = "auto"
 
 
 @dataclass

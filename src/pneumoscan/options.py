@@ -10,7 +10,9 @@ SPLITS = ("train", "val", "test", "kaggle_val")
 REPORTED_SPLITS = ("val", "test", "kaggle_val")  # evaluated and reported; train is fitted on
 
 CLASS_WEIGHTS = ("balanced", "none")
-NORMALIZATIONS = ("scale", "image")  # model.normalize: x / 255, or per-image standardization
+# model.normalize: auto (image for pneumoscan's own CNNs, the backbone's own scaling for
+# keras.applications), scale (x / 255) or image (per-image standardization).
+NORMALIZATIONS = ("auto", "scale", "image")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "on", "off")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")

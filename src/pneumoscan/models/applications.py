@@ -24,7 +24,7 @@ BACKBONES = {
 def backbone_model(name: str, image_size: int, dropout: float = 0.3, weights: str | None = None,
                    normalize: str = "scale", **_) -> keras.Model:
     """``weights``: None (random), ``"imagenet"`` (downloads: needs internet) or a weights file path."""
-    if normalize != "scale":
+    if normalize not in ("auto", "scale"):
         raise ValueError(f"{name} scales its input itself (keras.applications preprocessing): "
                          f"model.normalize = {normalize!r} is for pneumonet and seed_cnn")
     factory = BACKBONES[name]

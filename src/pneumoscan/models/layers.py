@@ -20,9 +20,9 @@ class PerImageStandardization(layers.Layer):
         return (x - mean) / ops.maximum(std, 1.0)  # 1 of 255: a blank image stays finite
 
 
-def input_scaling(normalize: str = "scale") -> layers.Layer:
-    """``scale``: x / 255; ``image``: :class:`PerImageStandardization`."""
-    if normalize == "image":
+def input_scaling(normalize: str = "auto") -> layers.Layer:
+    """``scale``: x / 255; ``image`` (and ``auto``): :class:`PerImageStandardization`."""
+    if normalize in ("image", "auto"):
         return PerImageStandardization(name="standardize")
     if normalize == "scale":
         return layers.Rescaling(1.0 / 255, name="scale")

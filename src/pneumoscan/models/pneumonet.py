@@ -27,7 +27,7 @@ def _block(x, filters: int, stride: int, name: str):
 
 
 def pneumonet(image_size: int, dropout: float = 0.3, width: int = 32, depth: tuple[int, ...] = (1, 2, 2, 1),
-              normalize: str = "scale", **_) -> keras.Model:
+              normalize: str = "auto", **_) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = input_scaling(normalize)(inputs)
     x = layers.Conv2D(width, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)

@@ -8,7 +8,7 @@ from keras import layers
 from .layers import input_scaling
 
 
-def seed_cnn(image_size: int, dropout: float = 0.5, width: int = 32, normalize: str = "scale",
+def seed_cnn(image_size: int, dropout: float = 0.5, width: int = 32, normalize: str = "auto",
              **_) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = input_scaling(normalize)(inputs)
