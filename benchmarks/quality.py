@@ -133,6 +133,9 @@ def render(state: dict) -> str:
                   f"val ROC-AUC {fast['val_roc_auc']:.4f}, stress pooled {fast['stress_pooled_roc_auc']:.4f}; "
                   f"{fast['train_minutes']:.1f} min of training, {fast['epochs_run']} epochs, peak RSS "
                   f"{fast['peak_rss_gb']:.2f} GB."]
+    notes = RESULTS / "quality-notes.md"
+    if notes.is_file():  # the reading of these figures, written after they were measured
+        lines += ["", notes.read_text().strip()]
     ablation = RESULTS / "ablation.md"
     if ablation.is_file():
         body = ablation.read_text().split("\n", 1)[1].strip()
