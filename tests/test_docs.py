@@ -88,7 +88,7 @@ def test_the_readme_quick_start_gives_the_promised_results(sandbox):
     namespace: dict = {}
     exec(compile(code, "README.md quick start", "exec"), namespace)
     table, probabilities, model = namespace["table"], namespace["probabilities"], namespace["model"]
-    assert list(table.columns) == ["path", "probability", "label", "error", "warning"]
+    assert list(table.columns) == ["path", "probability", "label", "ood_score", "in_scope", "error", "warning"]
     assert len(table) == 6 and (table["error"] == "").all()  # xray.jpeg, 3 in folder/, the array, the PIL image
     # The same X-ray as a file, an array and a PIL image: one probability.
     same = table.iloc[[0, 4, 5]]["probability"].to_numpy()

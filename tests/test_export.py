@@ -49,8 +49,8 @@ def export_dir(tiny_run, tmp_path_factory):
 
 
 def test_onnx_matches_keras_on_real_images(export_dir, arrays, keras_softmax):
-    onnx = OnnxEngine(export_dir / "model.onnx")(arrays[..., None].astype(np.float32))
-    assert onnx.shape == (50, 2)
+    onnx, scores = OnnxEngine(export_dir / "model.onnx")(arrays[..., None].astype(np.float32))
+    assert onnx.shape == (50, 2) and scores.shape == (50,)  # softmax, and the out-of-scope score
     np.testing.assert_allclose(onnx, keras_softmax, atol=TOLERANCE, rtol=0)
     # The model is not constant: the check above would be empty if every image got the same output.
     assert np.ptp(keras_softmax[:, 1]) > 1e-4
@@ -123,7 +123,8 @@ def test_onnx_cache_is_reused_then_refreshed_when_the_model_changes(tiny_run, ar
     model.save(run.model_file)
     engine = load_engine(run, "onnx")  # must notice the new model.keras and export it again
     x = arrays[:8, ..., None].astype(np.float32)
-    np.testing.assert_allclose(engine(x), np.asarray(model(x, training=False)), atol=TOLERANCE, rtol=0)
+    probs, _ = engine(x)  # the run has a scope: its score is the second output
+    np.testing.assert_allclose(probs, np.asarray(model(x, training=False)), atol=TOLERANCE, rtol=0)
     recorded = json.loads((run_copy / "export" / "preprocessing.json").read_text())["exports"]["onnx"]
     assert recorded["model_sha256"] == run.model_sha256()
 

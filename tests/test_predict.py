@@ -13,7 +13,7 @@ import pytest
 from pneumoscan.cli import main
 from pneumoscan.inference.predictor import Predictor
 
-BASE_COLUMNS = ["path", "probability", "label", "error"]
+BASE_COLUMNS = ["path", "probability", "label", "ood_score", "in_scope", "error"]
 
 # Each bad input and a pattern its error must match (case-insensitive).
 BAD_INPUTS = {
@@ -68,7 +68,7 @@ def assert_labels_follow_threshold(table: pd.DataFrame, threshold: float) -> Non
 
 def test_predictor_matches_the_runs_own_evaluation(predictor, test_rows, tiny_run):
     table = predictor.predict(list(test_rows["path"]))
-    assert list(table.columns[:4]) == BASE_COLUMNS
+    assert list(table.columns[:6]) == BASE_COLUMNS
     assert list(table["path"]) == list(test_rows["path"])
     assert (table["error"] == "").all()
     # Same preprocessing, model, temperature: the same calibrated probability as in predictions.csv.
@@ -111,7 +111,7 @@ def test_cli_predict_writes_csv_and_json_and_exits_1_on_any_failure(tiny_run, ba
     assert "failed" in printed.err
 
     table = pd.read_csv(out_csv, keep_default_na=False)
-    assert list(table.columns[:4]) == BASE_COLUMNS
+    assert list(table.columns[:6]) == BASE_COLUMNS
     assert len(table) == len(inputs)
     table["probability"] = pd.to_numeric(table["probability"])
     assert_error_rows(table, bad_inputs)

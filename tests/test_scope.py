@@ -56,7 +56,7 @@ def test_save_load_and_the_in_graph_score_agree(fitted, tmp_path):
     features = extract_features(model, images)
     np.testing.assert_allclose(again.score(features), scope.score(features))
     assert again.threshold == scope.threshold
-    graph = scoped_model(model, scope.means, scope.precisions, scope.scales)
+    graph = scoped_model(model, scope.means, scope.whiteners, scope.scales)
     probs, score = graph.predict_on_batch(images.astype("float32")[..., None])
     np.testing.assert_allclose(score, scope.score(features), rtol=2e-3)
     np.testing.assert_allclose(probs, model.predict_on_batch(images.astype("float32")[..., None]), atol=1e-6)
@@ -82,3 +82,57 @@ def test_every_training_run_fits_and_saves_its_scope(tiny_run):
     assert metrics["scope"]["quantile"] == pytest.approx(0.95)
     assert set(metrics["scope"]["flagged"]) >= {"val", "test"}
     assert 0.0 <= metrics["scope"]["flagged"]["test"] <= 1.0
+
+
+def test_predict_reports_the_scope_and_abstains_on_request(tiny_run, shared_data, tmp_path):
+    import pneumoscan
+
+    adults = sorted((shared_data / "adult_cxr_ccby").rglob("*.png"))[:30]
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8)
+    model = pneumoscan.load(tiny_run.root)
+    assert model.scope_threshold == pytest.approx(tiny_run.metrics()["scope"]["threshold"])
+    table = model.predict([*adults, noise])
+    assert table["ood_score"].notna().all() and set(table["in_scope"]) <= {True, False}
+    assert table["in_scope"].iloc[-1] == False  # noqa: E712  (noise is never a chest X-ray)
+    flagged = table[table["in_scope"] == False]  # noqa: E712
+    assert len(flagged) >= 1 and all("outside the model's scope" in w for w in flagged["warning"])
+    assert (flagged["label"] != "").all()  # labelled unless asked to abstain
+    abstaining = pneumoscan.load(tiny_run.root, abstain=True).predict([*adults, noise])
+    assert (abstaining.loc[abstaining["in_scope"] == False, "label"] == "").all()  # noqa: E712
+    assert abstaining["probability"].notna().all()  # the probability is still shown
+
+
+def test_the_onnx_export_keeps_the_scope(tiny_run, shared_data):
+    import pneumoscan
+
+    images = [*sorted((shared_data / "chest_xray_kermany_224" / "test" / "NORMAL").glob("*.jpeg"))[:6],
+              *sorted((shared_data / "adult_cxr_ccby").rglob("*.png"))[:6]]
+    keras_table = pneumoscan.load(tiny_run.root).predict(images)
+    onnx_table = pneumoscan.load(tiny_run.root, engine="onnx").predict(images)
+    np.testing.assert_allclose(onnx_table["ood_score"], keras_table["ood_score"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(onnx_table["probability"], keras_table["probability"], atol=1e-4)
+    assert list(onnx_table["in_scope"]) == list(keras_table["in_scope"])
+    import json
+
+    contract = json.loads((tiny_run.export_dir / "preprocessing.json").read_text())
+    assert contract["scope"]["threshold"] == pytest.approx(tiny_run.metrics()["scope"]["threshold"])
+    assert contract["exports"]["onnx"]["scope_sha256"] == contract["scope_sha256"]
+
+
+def test_the_app_says_when_an_image_is_out_of_scope(tiny_run, shared_data):
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.deploy.serve import create_app
+
+    client = TestClient(create_app(tiny_run.root))
+    assert client.get("/health").json()["scope_threshold"] == pytest.approx(tiny_run.metrics()["scope"]["threshold"])
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)).save(buffer, format="PNG")
+    response = client.post("/api/predict", files=[("file", ("noise.png", buffer.getvalue(), "image/png"))])
+    (result,) = response.json()["results"]
+    assert result["in_scope"] is False and result["ood_score"] > result["threshold"] * 0 and result["label"]
+    assert any("outside the model's scope" in w for w in result["warnings"])

@@ -7,7 +7,7 @@
     model = pneumoscan.load("runs/x", engine="onnx")
     pil_image = Image.open("a.jpeg")
     uint8_array = np.asarray(pil_image)
-    model.predict(["a.jpeg", uint8_array, pil_image])     # DataFrame: path, probability, label, error, warning
+    model.predict(["a.jpeg", uint8_array, pil_image])     # DataFrame: path, probability, label, ood_score, in_scope, error, warning
     model.predict_proba([uint8_array])                     # ndarray (1, 2): P(NORMAL), P(PNEUMONIA)
 
 ``train`` runs the whole flow: data -> training -> evaluation (metrics.json) -> report

@@ -78,14 +78,17 @@ def cmd_predict(args) -> int:
     from .inference.batch import predict_to_output
     from .inference.predictor import Predictor
 
-    predictor = Predictor.from_run(args.run, engine=args.engine)
+    predictor = Predictor.from_run(args.run, engine=args.engine, abstain=args.abstain)
     done = predict_to_output(predictor, args.inputs, batch_size=args.batch_size, output=args.output,
                              resume=args.resume, progress=args.progress or sys.stderr.isatty())
     if done.already_done:
         print(f"pneumoscan: {done.already_done} images already in {args.output}, not predicted again", file=sys.stderr)
+    if done.out_of_scope:
+        print(f"pneumoscan: {done.out_of_scope} of {done.rows} images are outside the model's scope "
+              f"(in_scope False; their probabilities should not be trusted"
+              f"{', labels left empty' if args.abstain else '; --abstain leaves their labels empty'})", file=sys.stderr)
     if done.warned:
-        print(f"pneumoscan: {done.warned} of {done.rows} images may not be frontal chest X-rays "
-              "(see the warning column)", file=sys.stderr)
+        print(f"pneumoscan: {done.warned} of {done.rows} images carry a warning (see the warning column)", file=sys.stderr)
     if done.failed:
         print(f"pneumoscan: {done.failed} of {done.rows} inputs failed (see the error column)", file=sys.stderr)
     return 1 if done.failed else 0
@@ -203,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time")
     p.add_argument("--resume", action="store_true", help="skip the images already in --output and append the rest")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
+    p.add_argument("--abstain", action="store_true",
+                   help="leave the label empty for images outside the model's scope (the probability is still shown)")
     p.add_argument("--engine", choices=ENGINES, default="keras",
                    help="keras (model.keras) or onnx (ONNX Runtime; exported to RUN_DIR/export/ on first use)")
     p.set_defaults(fn=cmd_predict)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..inference.contract import MODEL_FILES, build_contract, record_export
-from ..inference.engines import input_signature, write_onnx
+from ..inference.engines import input_signature, keras_graph, write_onnx
 from ..models.predict import load_run_model
 from ..options import EXPORT_FORMATS
 from ..paths import atomic_write
@@ -33,7 +33,8 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path
     run = Run(Path(run_dir))
     out_dir = Path(out) if out is not None else run.export_dir
     contract = build_contract(run)  # reads config/metrics first: a broken run fails before any work
-    model = load_run_model(run)
+    # ONNX carries the out-of-scope score as a second output; SavedModel and TFLite the classifier.
+    model = keras_graph(run) if fmt == "onnx" else load_run_model(run)
     target = out_dir / MODEL_FILES[fmt]
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = {"onnx": write_onnx, "savedmodel": _write_savedmodel, "tflite": _write_tflite}[fmt]

@@ -71,7 +71,7 @@ class ModelService:
         self.engine = engine
         self.predictor = Predictor.from_run(self.run.root, engine=engine)
         self.model_id = self.run.model_id()
-        self._keras_model = self.predictor.model if engine == "keras" else None
+        self._keras_model = self.predictor.classifier if engine == "keras" else None
         self._explainer = None
         self._lock = threading.RLock()
 
@@ -96,7 +96,8 @@ class ModelService:
 
         return {"status": "ok", "model_id": self.model_id, "run": self.run.root.name, "engine": self.engine,
                 "image_size": self.predictor.image_size, "threshold": self.predictor.threshold,
-                "temperature": self.predictor.temperature, "pneumoscan_version": __version__}
+                "temperature": self.predictor.temperature, "scope_threshold": self.predictor.scope_threshold,
+                "pneumoscan_version": __version__}
 
     def analyse(self, uploads: list[tuple[str, bytes]], with_gradcam: bool) -> list[dict]:
         """[(client file name, content)] -> one result dict per upload, in order.
@@ -118,7 +119,7 @@ class ModelService:
         return results
 
     def _result(self, row: dict) -> dict:
-        result = {"filename": row["path"], "probability": None, "label": None,
+        result = {"filename": row["path"], "probability": None, "label": None, "ood_score": None, "in_scope": None,
                   "threshold": self.predictor.threshold, "warnings": [], "error": None}
         if row["warning"]:
             result["warnings"] = [w for w in row["warning"].split(WARNING_SEPARATOR) if w]
@@ -126,7 +127,9 @@ class ModelService:
             result["error"] = row["error"]
         else:
             result["probability"] = float(row["probability"])
-            result["label"] = row["label"]
+            result["label"] = row["label"] or None
+            if row["in_scope"] is not None:
+                result["ood_score"], result["in_scope"] = float(row["ood_score"]), bool(row["in_scope"])
         return result
 
     def _add_gradcam(self, readable: list[tuple[dict, np.ndarray]]) -> None:

@@ -34,12 +34,19 @@ class Scope:
     threshold: float
     quantile: float
 
+    @property
+    def whiteners(self) -> list[np.ndarray]:
+        """Per level, L with precision = L L^T: the distance is then |(f - m) L|^2, a sum of
+        squares, which float32 graphs (Keras, ONNX Runtime) compute alike; the quadratic form
+        (f - m) P (f - m) cancels badly in float32 when P is ill-conditioned."""
+        return [np.linalg.cholesky(p) for p in self.precisions]
+
     def distances(self, features: list[np.ndarray]) -> np.ndarray:
         """(N, L) squared Mahalanobis distance to the nearest class mean, per level."""
         out = []
-        for f, means, precision in zip(features, self.means, self.precisions):
+        for f, means, whitener in zip(features, self.means, self.whiteners):
             f = np.asarray(f, dtype=np.float64)
-            per_class = [np.einsum("nd,de,ne->n", f - m, precision, f - m) for m in means]
+            per_class = [np.sum(((f - m) @ whitener) ** 2, axis=1) for m in means]
             out.append(np.min(per_class, axis=0))
         return np.stack(out, axis=1)
 

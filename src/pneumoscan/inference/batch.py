@@ -25,6 +25,7 @@ class BatchSummary:
     rows: int = 0  # rows written in this call (images and failed inputs)
     failed: int = 0
     warned: int = 0
+    out_of_scope: int = 0
     already_done: int = 0  # paths found in the output file and not predicted again
 
 
@@ -47,6 +48,7 @@ def predict_to_output(predictor: Predictor, inputs: Iterable[str | Path], *, bat
                 summary.rows += len(table)
                 summary.failed += int((table["error"] != "").sum())
                 summary.warned += int((table["warning"] != "").sum())
+                summary.out_of_scope += int((table["in_scope"] == False).sum())  # noqa: E712 (None: no score)
                 if bar is not None:
                     bar.update(len(table))
         finally:

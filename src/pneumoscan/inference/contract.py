@@ -53,6 +53,28 @@ def build_contract(run: Run) -> dict:
         },
         "threshold": {"value": float(threshold["value"]), "rule": threshold.get("rule"),
                       "applies_to": "calibrated probability: PNEUMONIA when p >= value"},
+        **_scope_contract(run, metrics),
+    }
+
+
+def _scope_contract(run: Run, metrics: dict) -> dict:
+    """How an exported model says an image is out of scope (runs trained before scopes: nothing)."""
+    if not run.scope_file.is_file():
+        return {}
+    from ..runs import file_sha256
+
+    scope = metrics.get("scope", {})
+    return {
+        "scope_sha256": file_sha256(run.scope_file),
+        "scope": {
+            "output": "second output of model.onnx: ood_score, shape [None] (SavedModel and TFLite exports hold "
+                      "the classifier only)",
+            "threshold": scope.get("threshold"), "flag_rate_on_validation": scope.get("flagged", {}).get("val"),
+            "meaning": ("out-of-scope score: class-conditional Mahalanobis distance of the model's own features "
+                        "to the training images, every resolution level, scaled by its validation median; "
+                        "an image with ood_score > threshold is unlike the training data (pediatric frontal chest "
+                        "X-rays of one hospital) and its probability should not be trusted"),
+        },
     }
 
 
@@ -71,5 +93,6 @@ def record_export(out_dir: Path, contract: dict, fmt: str, target: Path) -> None
     exports = {name: entry for name, entry in read_contract(out_dir).get("exports", {}).items()
                if name in MODEL_FILES and name != fmt and (out_dir / MODEL_FILES[name]).exists()}
     exports[fmt] = {"file": target.name, "model_sha256": contract["model_sha256"],
+                    "scope_sha256": contract.get("scope_sha256"),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(out_dir / CONTRACT_FILE, {**contract, "exports": dict(sorted(exports.items()))})

@@ -47,9 +47,11 @@ class OnnxEngine:
         side = self.session.get_inputs()[0].shape[1]
         return side if isinstance(side, int) else None
 
-    def __call__(self, batch, training: bool = False) -> np.ndarray:
+    def __call__(self, batch, training: bool = False):
+        """(B, 2) softmax rows; with a scoped export, ``[rows, (B,) out-of-scope scores]``."""
         # ``training`` exists only to match the Keras call; an exported model has no training mode.
-        return self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})[0]
+        outputs = self.session.run(None, {self.input_name: np.asarray(batch, dtype=np.float32)})
+        return outputs if len(outputs) > 1 else outputs[0]
 
 
 def engine_image_size(engine) -> int | None:
@@ -57,10 +59,35 @@ def engine_image_size(engine) -> int | None:
     return engine.image_size if isinstance(engine, OnnxEngine) else model_image_size(engine)
 
 
+def load_scope(run: Run):
+    """The run's fitted out-of-scope statistics, or None for a run trained before they existed."""
+    from ..evaluation.scope import Scope
+
+    return Scope.load(run.scope_file) if run.scope_file.is_file() else None
+
+
+def keras_graph(run: Run):
+    """``model.keras``, with its out-of-scope score as a second output when the run has one."""
+    from ..models.features import scoped_model
+
+    model = load_run_model(run)
+    scope = load_scope(run)
+    return scoped_model(model, scope.means, scope.whiteners, scope.scales) if scope else model
+
+
+def classifier(model):
+    """The classifier alone (one output, the softmax head last), for Grad-CAM."""
+    import keras
+
+    if isinstance(model, keras.Model) and len(model.outputs) > 1:
+        return keras.Model(model.inputs, model.outputs[0], name=model.name.removesuffix("_scoped"))
+    return model
+
+
 def load_engine(run: Run, engine: str = "keras"):
-    """The object that computes raw probabilities for ``run``'s model with ``engine``."""
+    """The object that computes raw probabilities (and the out-of-scope score) for ``run`` with ``engine``."""
     if engine == "keras":
-        return load_run_model(run)
+        return keras_graph(run)
     if engine == "onnx":
         return OnnxEngine(ensure_onnx(run))
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -84,16 +111,16 @@ def write_onnx(model, target: Path) -> None:
 
 
 def ensure_onnx(run: Run) -> Path:
-    """RUN/export/model.onnx, exported on first use and again whenever model.keras changes."""
+    """RUN/export/model.onnx, exported on first use and again whenever model.keras or scope.npz changes."""
     digest = run.model_sha256()
     target = run.export_dir / MODEL_FILES["onnx"]
     recorded = read_contract(run.export_dir).get("exports", {}).get("onnx", {})
-    if target.is_file() and recorded.get("model_sha256") == digest:
+    if target.is_file() and recorded.get("model_sha256") == digest and recorded.get("scope_sha256") == scope_sha256(run):
         return target
     contract = build_contract(run)
     run.export_dir.mkdir(parents=True, exist_ok=True)
     try:
-        write_onnx(load_run_model(run), target)
+        write_onnx(keras_graph(run), target)
     except (ImportError, ModuleNotFoundError) as exc:
         raise ExportError(f"onnx export needs a package that is not installed ({exc}); "
                           "run `bash scripts/setup.sh`") from None
@@ -101,3 +128,9 @@ def ensure_onnx(run: Run) -> Path:
         raise ExportError(f"onnx export of {run.model_file} failed: {type(exc).__name__}: {exc}") from None
     record_export(run.export_dir, contract, "onnx", target)
     return target
+
+
+def scope_sha256(run: Run) -> str | None:
+    from ..runs import file_sha256
+
+    return file_sha256(run.scope_file) if run.scope_file.is_file() else None

@@ -30,7 +30,7 @@ def iter_explain(run_dir_or_predictor, inputs, out_dir: str | Path, layer: str |
                  else Predictor.from_run(run_dir_or_predictor))
     if not isinstance(predictor.model, keras.Model):
         raise ValueError(f"Grad-CAM needs the run's Keras model, not {getattr(predictor.model, 'name', predictor.model)!r}")
-    explainer = GradCam(predictor.model, layer=layer)
+    explainer = GradCam(predictor.classifier, layer=layer)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()

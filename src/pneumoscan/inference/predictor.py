@@ -5,7 +5,7 @@
     import pneumoscan
     model = pneumoscan.load("runs/default")                 # or engine="onnx"
     xray = Image.open("xray.jpeg")
-    model.predict(["xray.jpeg", "folder/", xray])           # DataFrame: path, probability, label, error, warning
+    model.predict(["xray.jpeg", "folder/", xray])           # DataFrame: path, probability, label, ood_score, in_scope, error, warning
     model.predict_proba([xray, np.asarray(xray)])           # (2, 2) calibrated [P(NORMAL), P(PNEUMONIA)]
     model.class_names, model.threshold, model.image_size
 
@@ -30,11 +30,11 @@ from ..data.inputs import iter_inputs
 from ..errors import ImageReadError, RunError
 from ..evaluation.calibration import apply_temperature
 from ..imaging.loader import ImageSource, LoadedImage, load_image
-from ..models.predict import predict_probabilities
+from ..models.predict import predict_outputs
 from ..options import CLASS_NAMES, ENGINES
 from ..runs import Run
 
-COLUMNS = ["path", "probability", "label", "error", "warning"]
+COLUMNS = ["path", "probability", "label", "ood_score", "in_scope", "error", "warning"]
 WARNING_SEPARATOR = "; "  # several warnings share the one ``warning`` cell
 
 
@@ -101,13 +101,24 @@ class Predictor:
     class_names = CLASS_NAMES
 
     def __init__(self, model, image_size: int, threshold: float, temperature: float = 1.0, name: str = "model",
-                 engine: str = "keras"):
+                 engine: str = "keras", scope_threshold: float | None = None, abstain: bool = False):
         self.model, self.image_size, self.name, self.engine = model, int(image_size), name, engine
         self.threshold, self.temperature = float(threshold), float(temperature)
+        # Out-of-scope score above this: the image is unlike the training data (None: no scope fitted).
+        self.scope_threshold = None if scope_threshold is None else float(scope_threshold)
+        self.abstain = abstain  # leave the label empty for out-of-scope images (the probability stays)
+
+    @property
+    def classifier(self):
+        """The Keras classifier alone (for Grad-CAM), whatever the engine computes beside it."""
+        from .engines import classifier
+
+        return classifier(self.model)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, engine: str = "keras") -> "Predictor":
-        """``engine``: "keras" (model.keras) or "onnx" (ONNX Runtime on RUN/export/model.onnx)."""
+    def from_run(cls, run_dir: str | Path, engine: str = "keras", abstain: bool = False) -> "Predictor":
+        """``engine``: "keras" (model.keras) or "onnx" (ONNX Runtime on RUN/export/model.onnx);
+        ``abstain``: no label for images outside the model's scope."""
         from .engines import engine_image_size, load_engine
 
         if engine not in ENGINES:
@@ -121,13 +132,19 @@ class Predictor:
             raise RunError(f"{run.model_file}: the model takes {size} px images but {run.config_file} says "
                            f"data.image_size = {cfg.data.image_size}; the run directory is inconsistent")
         temperature = metrics.get("calibration", {}).get("temperature", 1.0)
+        scope = metrics.get("scope", {}).get("threshold") if run.scope_file.is_file() else None
         return cls(model, size or cfg.data.image_size, metrics["threshold"]["value"], temperature,
-                   name=str(run.root), engine=engine)
+                   name=str(run.root), engine=engine, scope_threshold=scope, abstain=abstain)
 
     # ------------------------------------------------------------------ arrays in, arrays out
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated PNEUMONIA probability for (N, S, S) uint8 images already preprocessed."""
-        return apply_temperature(predict_probabilities(self.model, images), self.temperature)
+        return self.scores(images)[0]
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated PNEUMONIA probability and out-of-scope score (None without a fitted scope)."""
+        raw, scope = predict_outputs(self.model, images)
+        return apply_temperature(raw, self.temperature), scope
 
     def predict_proba(self, inputs, batch_size: int = 32, names: Sequence[str] | None = None) -> np.ndarray:
         """(N, 2) calibrated probabilities, columns in ``class_names`` order, one row per image.
@@ -144,7 +161,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ tables
     def predict(self, inputs, batch_size: int = 32, names: Sequence[str] | None = None) -> pd.DataFrame:
-        """One row per image (path, probability, label, error, warning); unreadable inputs get an
+        """One row per image (path, probability, label, ood_score, in_scope, error, warning); unreadable inputs get an
         ``error`` and no probability, the others are still predicted."""
         tables = list(self.iter_predict(inputs, batch_size, names=names))
         return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
@@ -182,7 +199,8 @@ class Predictor:
     def _batch(self, chunk: list[Entry], loaded: Iterable[LoadedImage | str]) -> Batch:
         rows, images, readable = [], [], []
         for entry, result in zip(chunk, loaded):
-            row = {"path": entry.name, "probability": np.nan, "label": "", "error": "", "warning": ""}
+            row = {"path": entry.name, "probability": np.nan, "label": "", "ood_score": np.nan, "in_scope": None,
+                   "error": "", "warning": ""}
             if isinstance(result, str):
                 row["error"] = result
             else:
@@ -191,9 +209,19 @@ class Predictor:
                 readable.append(row)
             rows.append(row)
         stacked = np.stack(images) if images else np.zeros((0, self.image_size, self.image_size), np.uint8)
-        for row, p in zip(readable, self.probabilities(stacked) if images else []):
+        probs, ood = self.scores(stacked) if images else ([], None)
+        for i, (row, p) in enumerate(zip(readable, probs)):
             row["probability"] = float(p)
             row["label"] = self.label(p)
+            if ood is not None and self.scope_threshold is not None:
+                row["ood_score"] = float(ood[i])
+                row["in_scope"] = bool(ood[i] <= self.scope_threshold)
+                if not row["in_scope"]:
+                    note = (f"outside the model's scope (out-of-scope score {ood[i]:.2f} > {self.scope_threshold:.2f}): "
+                            "unlike the pediatric frontal chest X-rays it learned from; do not trust the probability")
+                    row["warning"] = WARNING_SEPARATOR.join(w for w in (row["warning"], note) if w)
+                    if self.abstain:
+                        row["label"] = ""
         return Batch(rows, stacked, readable)
 
     def label(self, probability: float) -> str:
@@ -202,9 +230,9 @@ class Predictor:
 
     def __repr__(self) -> str:
         return (f"Predictor({self.name!r}, engine={self.engine!r}, image_size={self.image_size}, "
-                f"threshold={self.threshold:.4f}, temperature={self.temperature:.3f})")
+                f"threshold={self.threshold:.4f}, temperature={self.temperature:.3f}, scope_threshold={self.scope_threshold})")
 
 
-def load(run_dir: str | Path, engine: str = "keras") -> Predictor:
+def load(run_dir: str | Path, engine: str = "keras", abstain: bool = False) -> Predictor:
     """A :class:`Predictor` for a finished run: ``pneumoscan.load("runs/x").predict("xray.jpeg")``."""
-    return Predictor.from_run(run_dir, engine=engine)
+    return Predictor.from_run(run_dir, engine=engine, abstain=abstain)

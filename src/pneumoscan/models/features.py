@@ -13,9 +13,11 @@ import keras
 
 def feature_layers(model: keras.Model) -> list[str]:
     """Names of the layers whose outputs are pooled: the last layer of each spatial resolution."""
+    # Feature maps only: the input and its scaling (one channel, a per-image standardization
+    # whose pooled mean is always 0) carry no statistics to model.
     spatial = [layer for layer in model.layers
-               if len(getattr(layer, "output", None).shape if hasattr(layer, "output") else ()) == 4
-               and not isinstance(layer, keras.layers.InputLayer)]
+               if not isinstance(layer, keras.layers.InputLayer) and hasattr(layer, "output")
+               and len(layer.output.shape) == 4 and (layer.output.shape[-1] or 0) >= 4]
     chosen = []
     for i, layer in enumerate(spatial):
         following = spatial[i + 1] if i + 1 < len(spatial) else None
@@ -39,35 +41,36 @@ class ScopeScore(keras.layers.Layer):
     :mod:`pneumoscan.evaluation.scope`): per level the squared Mahalanobis distance to the
     nearest class mean, divided by the level's validation median, averaged over levels."""
 
-    def __init__(self, means, precisions, scales, **kwargs):
+    def __init__(self, means, whiteners, scales, **kwargs):
         super().__init__(**kwargs)
         import numpy as np
 
         self._means = [np.asarray(m, dtype="float32") for m in means]
-        self._precisions = [np.asarray(p, dtype="float32") for p in precisions]
+        self._whiteners = [np.asarray(w, dtype="float32") for w in whiteners]  # precision = W W^T
         self._scales = np.asarray(scales, dtype="float32")
 
     def call(self, features):
         from keras import ops
 
         per_level = []
-        for f, means, precision, scale in zip(features, self._means, self._precisions, self._scales):
+        for f, means, whitener, scale in zip(features, self._means, self._whiteners, self._scales):
             f = ops.cast(f, "float32")
-            diffs = [f - ops.convert_to_tensor(m) for m in means]  # (N, D) per class
-            distances = [ops.sum(ops.matmul(d, ops.convert_to_tensor(precision)) * d, axis=-1) for d in diffs]
+            # |(f - m) W|^2: a sum of squares, stable in float32 (see Scope.whiteners).
+            distances = [ops.sum(ops.square(ops.matmul(f - ops.convert_to_tensor(m), ops.convert_to_tensor(whitener))),
+                                 axis=-1) for m in means]
             per_level.append(ops.min(ops.stack(distances, axis=-1), axis=-1) / float(scale))
         return ops.mean(ops.stack(per_level, axis=-1), axis=-1)
 
     def get_config(self):
         return {**super().get_config(), "means": [m.tolist() for m in self._means],
-                "precisions": [p.tolist() for p in self._precisions], "scales": self._scales.tolist()}
+                "whiteners": [w.tolist() for w in self._whiteners], "scales": self._scales.tolist()}
 
 
-def scoped_model(model: keras.Model, means, precisions, scales) -> keras.Model:
+def scoped_model(model: keras.Model, means, whiteners, scales) -> keras.Model:
     """``image -> [probs, ood_score]``: the classifier with its out-of-scope score, one graph
     (what the Keras engine runs and the ONNX export holds)."""
     probs, *features = feature_model(model).outputs
-    score = ScopeScore(means, precisions, scales, name="ood_score")(features)
+    score = ScopeScore(means, whiteners, scales, name="ood_score")(features)
     return keras.Model(model.inputs, [probs, score], name=f"{model.name}_scoped")
 
 
