@@ -190,3 +190,5 @@ def test_sixteen_bit_images_follow_the_exported_contract(tiny_run, tmp_path):
     buffer = io.BytesIO()
     Image.fromarray(raw).save(buffer, format="PNG")
     np.testing.assert_array_equal(load_image(buffer.getvalue(), 64).array, pixels)  # bytes: the same pixels
+    np.testing.assert_array_equal(load_image(raw, 64).array, pixels)  # a uint16 array: the same pixels
+    np.testing.assert_array_equal(load_image(raw.astype(">u2"), 64).array, pixels)  # big-endian too

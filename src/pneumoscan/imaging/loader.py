@@ -176,8 +176,8 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
         return Image.fromarray(np.ascontiguousarray(arr), "RGBA" if arr.shape[2] == 4 else "RGB")
     if arr.dtype == np.uint8:
         return Image.fromarray(np.ascontiguousarray(arr), "L")
-    if arr.dtype == np.uint16:
-        return Image.fromarray(np.ascontiguousarray(arr), "I;16")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 2:  # any byte order: Pillow infers I;16 from native uint16
+        return Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16))
     if arr.dtype == bool:
         return Image.fromarray(np.ascontiguousarray(arr.astype(np.uint8) * 255), "L")
     return Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), "F")  # other types: own min..max
