@@ -25,6 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pneumoscan.runs import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 FRAMING = ["augment.zoom_in=0.25", "augment.borders=0.12"]
 INTENSITY = ["augment.gamma=0.5", "augment.noise=6", "augment.blur=0.3", "augment.sharpness=0.3"]
@@ -38,16 +40,6 @@ RECIPES = {  # name -> config overrides on top of the default config
     "all_bf16_ema": [*FRAMING, *INTENSITY, "model.normalize=image", "augment.erasing=0.25",
                      "train.precision=mixed_bfloat16", "train.ema=0.99"],
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_recipe(name: str, overrides: list[str], data: str, out: Path, epochs: int) -> dict:
@@ -128,7 +120,7 @@ def main(argv=None) -> int:
     if not args.reveal_test and not args.render_only:
         if not args.data:
             parser.error("give --data or set PNEUMOSCAN_DATA")
-        state.update(machine=f"{os.cpu_count()} CPU cores ({cpu_name()}), {platform.system()} {platform.machine()}, no GPU",
+        state.update(machine=f"{os.cpu_count()} CPU cores ({cpu_model()}), {platform.system()} {platform.machine()}, no GPU",
                      date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), epochs=args.epochs,
                      command="python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]))
         for name in args.only or RECIPES:

@@ -25,19 +25,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pneumoscan.runs import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"roc_auc": 0.985, "accuracy": 0.93, "specificity": 0.88, "minutes": 30.0, "rss_gb": 4.0,
            "fast_roc_auc": 0.97, "fast_minutes": 10.0}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def train_once(name: str, args: list[str], data: str, out: Path) -> dict:
@@ -161,7 +153,7 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         state = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                  "command": "python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]),
-                 "machine": f"{os.cpu_count()} CPU cores ({cpu_name()}), {platform.system()} {platform.machine()}, no GPU",
+                 "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}), {platform.system()} {platform.machine()}, no GPU",
                  "seeds": []}
         for seed in args.seeds:
             print(f"quality: seed {seed} ...", flush=True)
