@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from ..imaging.loader import PREPROCESS_VERSION, load_image, resize_square
-from ..paths import atomic_write, cache_dir
+from ..paths import atomic_write_npz, cache_dir
 from .sources import Collection, parse_medmnist_row
 
 
@@ -96,14 +96,9 @@ def load_collection(collection: Collection, size: int, use_cache: bool = True) -
     images, errors = load_images(paths, size)
     if use_cache:
         bad = np.array(errors, dtype=object).reshape(-1, 2).astype(str)
-        atomic_write(file, lambda tmp: _save(tmp, images, bad))
+        atomic_write_npz(file, images=images, bad=bad)
     _drop(collection, errors)
     return images
-
-
-def _save(tmp: Path, images: np.ndarray, bad: np.ndarray) -> None:
-    with open(tmp, "wb") as fh:
-        np.savez(fh, images=images, bad=bad)
 
 
 def _drop(collection: Collection, errors: list[tuple[int, str]]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import atomic_write
+from ..paths import atomic_write_npz
 
 DEFAULT_QUANTILE = 0.95
 
@@ -59,12 +59,7 @@ class Scope:
                   "quantile": np.float64(self.quantile), "levels": np.int64(len(self.means))}
         for i, (m, p) in enumerate(zip(self.means, self.precisions)):
             arrays[f"means_{i}"], arrays[f"precision_{i}"] = m, p
-
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-
-        return atomic_write(path, write)
+        return atomic_write_npz(path, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "Scope":
@@ -106,15 +101,15 @@ def fit_model_scope(model, images: dict[str, np.ndarray], labels: dict[str, np.n
     keep = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(train_labels == c))[: int(round(max_train * np.mean(train_labels == c)))]
         for c in np.unique(train_labels)]))
-    scope = fit_scope(extract_features(model, images["train"][keep]), train_labels[keep],
-                      extract_features(model, images["val"]), quantile)
+    # Each split's features once: validation's serve both the fit and the summary.
+    features = {split: extract_features(model, pixels) for split, pixels in images.items()
+                if split != "train" and len(pixels)}
+    scope = fit_scope(extract_features(model, images["train"][keep]), train_labels[keep], features["val"], quantile)
     summary = {"method": "class-conditional Mahalanobis, Ledoit-Wolf, every resolution level",
                "threshold": scope.threshold, "quantile": quantile, "fitted_on": {"statistics": "train", "threshold": "val"},
                "train_images": int(len(keep)), "flagged": {}, "score_quantiles": {}}
-    for split, pixels in images.items():
-        if split == "train" or not len(pixels):
-            continue
-        scores = scope.score(extract_features(model, pixels))
+    for split, split_features in features.items():
+        scores = scope.score(split_features)
         summary["flagged"][split] = float(np.mean(scores > scope.threshold))
         summary["score_quantiles"][split] = {q: float(np.quantile(scores, float(q))) for q in ("0.05", "0.5", "0.95")}
     return scope, summary

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..paths import atomic_write, cache_dir
+from ..paths import atomic_write_npz, cache_dir
 
 SHIFT_VERSION = 1  # bump when a change below changes: part of the cache key
 
@@ -141,12 +141,7 @@ def cached_shifted_copies(images: np.ndarray, seed: int = 0) -> dict[str, np.nda
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt
     copies = shifted_copies(images, seed)
-
-    def save(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **copies)
-
-    atomic_write(file, save)
+    atomic_write_npz(file, **copies)
     return copies
 
 
