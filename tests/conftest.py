@@ -109,3 +109,26 @@ def copy_real_images(kermany_dir):
         return out
 
     return copy
+
+
+def make_site(kermany_dir: Path, folder: Path, per_class: int = 30, blur: bool = True) -> Path:
+    """A small site: real Kermany train X-rays (the last of each class, sorted) through a
+    softer detector, saved as PNG, with a CSV path,label,patient_id."""
+    import pandas as pd
+    from PIL import Image, ImageFilter
+
+    from pneumoscan.data.patients import patient_ids
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for label in ("NORMAL", "PNEUMONIA"):
+        for source in sorted((kermany_dir / "train" / label).glob("*.jpeg"))[-per_class:]:
+            with Image.open(source) as image:
+                image = image.convert("L")
+                if blur:
+                    image = image.filter(ImageFilter.GaussianBlur(image.width / 40))
+                image.save(folder / f"{source.stem}.png")
+            rows.append((f"{source.stem}.png", label, patient_ids([source])[0]))
+    csv = folder / "site.csv"
+    pd.DataFrame(rows, columns=["path", "label", "patient_id"]).to_csv(csv, index=False)
+    return csv

@@ -97,7 +97,8 @@ def test_the_command_line_only_parses_and_calls_the_library():
 RUN_FILE_NAMES = {"config.json", "model.keras", "history.csv", "splits.csv", "metrics.json", "predictions.csv",
                   "environment.json", "checkpoints", "state.json", "last.keras", "best.weights.h5", "plots",
                   "report.html", "export", "tensorboard", "training_curves.png", "confusion_matrix.png",
-                  "roc_pr.png", "calibration.png", "sample_predictions.png", "gradcam_grid.png", "scope.npz"}
+                  "roc_pr.png", "calibration.png", "sample_predictions.png", "gradcam_grid.png", "scope.npz",
+                  "scope_scores.png", "scope_extra.csv", "MODEL_CARD.md", "adapt.json"}
 
 
 def path_parts(path: Path) -> list[tuple[int, str]]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_site
+
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "pneumoscan"
 
@@ -71,6 +73,7 @@ def sandbox(tmp_path, small_kermany, kermany_dir, tiny_run, monkeypatch) -> Path
     (tmp_path / "folder").mkdir()
     for src in sorted((kermany_dir / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]:
         shutil.copy(src, tmp_path / "folder" / src.name)
+    make_site(kermany_dir, tmp_path)  # site.csv: 60 real X-rays of a "new site", for pneumoscan.adapt
     (tmp_path / "runs").mkdir()
     shutil.copytree(tiny_run.root, tmp_path / "runs" / "default", ignore=shutil.ignore_patterns("checkpoints"))
     monkeypatch.chdir(tmp_path)

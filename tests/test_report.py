@@ -189,7 +189,46 @@ def test_no_value_can_inject_markup_into_the_report(tiny_run, tmp_path):
     environment = json.loads((run / "environment.json").read_text())
     environment["command"] = f"pneumoscan train --out {evil}"
     (run / "environment.json").write_text(json.dumps(environment))
+    from pneumoscan.report.model_card import write_model_card
+
+    evil_dir = run.parent / "<img src=x onerror=alert(2)>"
+    run.rename(evil_dir)
+    run = evil_dir
+    write_model_card(run)
     html = render_report(run)
     assert "<script" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(" in html  # shown as text, escaped
     assert html.count("<img ") == len(PLOT_FILES)  # only the figures
+
+
+def test_every_run_writes_a_model_card_and_the_report_shows_it(tiny_run):
+    card = (tiny_run.root / "MODEL_CARD.md").read_text()
+    for heading in ("## Intended use", "## Training data", "## Performance", "## Out-of-scope detection",
+                    "## Known failure modes", "## Adapting to a new site"):
+        assert heading in card, heading
+    metrics = tiny_run.metrics()
+    assert "not a diagnosis" in card and "Guangzhou" in card  # the tiny run trains on the Kermany folder
+    assert f"| test | {metrics['test']['n']} | {100 * metrics['test']['accuracy']:.1f}%" in card
+    assert f"{100 * metrics['scope']['flagged']['test']:.1f}%" in card
+    html = (tiny_run.root / "report.html").read_text()
+    section = html[html.index('id="model-card"'):]
+    assert "<h2>Intended use</h2>" in section and "<table>" in section
+
+
+def test_report_scores_extra_folders_for_the_scope_figure(tiny_run, tmp_path, shared_data, capsys):
+    run_dir = copy_run(tiny_run, tmp_path)
+    adults = tmp_path / "adults"
+    adults.mkdir()
+    for source in sorted((shared_data / "adult_cxr_ccby").rglob("*.png"))[:12]:
+        shutil.copy(source, adults / source.name)
+    (adults / "broken.png").write_bytes(b"no image")
+    assert main(["report", str(run_dir), "--scope-folder", str(adults)]) == 0
+    captured = capsys.readouterr()
+    assert "scored 12 images of adults" in captured.out and "broken.png" in captured.err
+    extra = pd.read_csv(run_dir / "scope_extra.csv")
+    assert list(extra["group"].unique()) == ["adults"] and len(extra) == 12
+    assert_png(run_dir / "plots" / "scope_scores.png")
+    assert "| adults (n=12" in (run_dir / "MODEL_CARD.md").read_text()
+    # Scoring the same folder again replaces its rows rather than adding to them.
+    assert main(["report", str(run_dir), "--scope-folder", str(adults)]) == 0
+    assert len(pd.read_csv(run_dir / "scope_extra.csv")) == 12

@@ -18,7 +18,10 @@ def fitted(tiny_run, shared_data):
 
     model = load_run_model(tiny_run)
     data = pneumoscan.load_data(shared_data, TINY_OVERRIDES)
-    scope, summary = fit_model_scope(model, data.images, data.labels)
+    from pneumoscan.models.features import extract_features
+
+    features = {s: extract_features(model, data.images[s]) for s in ("val", "test")}
+    scope, summary = fit_model_scope(model, data.images["train"], data.labels["train"], features)
     return model, scope, summary, data
 
 

@@ -205,7 +205,7 @@ def wrong_input(tmp_path: Path, what: str) -> Path:
 
 @pytest.mark.parametrize("what, message", [
     ("missing", "does not exist"),
-    ("empty folder", "neither a Kermany folder"),
+    ("empty folder", "found no Kermany folder"),
     ("text file", "expected a folder, a .npz or a .csv"),
 ])
 def test_read_source_rejects_wrong_inputs_naming_the_path(tmp_path, what, message):

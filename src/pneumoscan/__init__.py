@@ -1,6 +1,6 @@
 """pneumoscan: pneumonia detection on chest X-rays with convolutional neural networks.
 
-The public API (:mod:`pneumoscan.api`): ``train``, ``load`` (a :class:`Predictor` with
+The public API (:mod:`pneumoscan.api`): ``train``, ``adapt`` (a run recalibrated for a new site), ``load`` (a :class:`Predictor` with
 ``predict`` and ``predict_proba``), ``load_data``, ``open_run``, ``write_report``,
 ``gradcam`` and ``overlay``.
 
@@ -19,13 +19,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "train", "load", "load_data", "open_run", "write_report", "gradcam", "overlay",
+__all__ = ["__version__", "train", "adapt", "load", "load_data", "open_run", "write_report", "gradcam", "overlay",
            "Config", "resolve_config", "Predictor", "Run"]
 
 
 def __getattr__(name: str):
     # Lazy: ``import pneumoscan`` stays fast and TensorFlow loads only when a model is needed.
-    if name in ("train", "load", "load_data", "open_run", "Predictor", "Run"):
+    if name in ("train", "adapt", "load", "load_data", "open_run", "Predictor", "Run"):
         from . import api
 
         return getattr(api, name)

@@ -9,6 +9,7 @@
     uint8_array = np.asarray(pil_image)
     model.predict(["a.jpeg", uint8_array, pil_image])     # DataFrame: path, probability, label, ood_score, in_scope, error, warning
     model.predict_proba([uint8_array])                     # ndarray (1, 2): P(NORMAL), P(PNEUMONIA)
+    site = pneumoscan.adapt("runs/x", data="site.csv", out="runs/x-site")  # recalibrated for a new hospital
 
 ``train`` runs the whole flow: data -> training -> evaluation (metrics.json) -> report
 (figures and report.html). The command line's ``pneumoscan train`` calls it too.
@@ -23,7 +24,7 @@ from .config import Config, merge, resolve
 from .inference.predictor import Predictor, load
 from .runs import Run
 
-__all__ = ["train", "load", "load_data", "open_run", "Predictor", "Run"]
+__all__ = ["train", "adapt", "load", "load_data", "open_run", "Predictor", "Run"]
 
 
 def as_config(config: Config | str | Path | Mapping | None = None,
@@ -60,6 +61,20 @@ def train(data: str | Path | None = None, out: str | Path = "runs/latest",
     mark_complete(fitted)
     write_report_or_warn(fitted.run)
     return fitted.run
+
+
+def adapt(run: str | Path, data: str | Path, out: str | Path, *, finetune: bool = False, holdout: float = 0.3,
+          seed: int = 0, epochs: int = 10, skip_unreadable: bool = False, parent_data: str | Path | None = None) -> Run:
+    """Adapt a finished run to a new site (:mod:`pneumoscan.training.adapt`): recalibrate (and with
+    ``finetune`` fine-tune) on the site's labelled images in ``data`` (a CSV or NORMAL/ and
+    PNEUMONIA/ folders), held-out patients measured before and after; returns the new run."""
+    from .training.adapt import AdaptSettings, adapt_run
+
+    settings = AdaptSettings(holdout=holdout, seed=seed, finetune=finetune, epochs=epochs,
+                             skip_unreadable=skip_unreadable, parent_data=str(parent_data) if parent_data else None)
+    new = adapt_run(run, data, out, settings)
+    write_report_or_warn(new)
+    return new
 
 
 def load_data(data: str | Path | None = None, config: Config | str | Path | Mapping | None = None):

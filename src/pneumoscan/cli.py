@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError, PneumoscanError
-from .options import ENGINES, EXPORT_FORMATS, JIT_MODES, PRECISIONS, SOURCES, STRATEGIES
+from .options import (ENGINES, EXPORT_FORMATS, JIT_MODES, PRECISIONS, QUANTIZATIONS, SERVE_MAX_BATCH,
+                      SERVE_MAX_QUEUE, SERVE_MAX_WAIT_MS, SOURCES, STRATEGIES)
 
 FLAG_KEYS = {  # flag -> config section.key
     "model": ("model", "name"), "epochs": ("train", "epochs"), "image_size": ("data", "image_size"),
@@ -19,7 +20,7 @@ FLAG_KEYS = {  # flag -> config section.key
     "tensorboard": ("train", "tensorboard"),
 }
 # Commands that load TensorFlow (its start-up lines are hidden unless --verbose).
-TENSORFLOW_COMMANDS = ("train", "evaluate", "predict", "explain", "export", "serve", "report")
+TENSORFLOW_COMMANDS = ("train", "evaluate", "adapt", "predict", "explain", "export", "serve", "report")
 
 
 def _overrides(args) -> dict:
@@ -72,6 +73,17 @@ def _print_metrics(metrics: dict, root: Path) -> None:
             lo, hi = m["ci95"]["accuracy"]
             print(f"{split:<11}{m['n']:>5}{m['accuracy']:>10.3f}{m['sensitivity']:>8.3f}{m['specificity']:>8.3f}"
                   f"{m['f1']:>8.3f}{m['roc_auc']:>9.4f}  {lo:.3f}-{hi:.3f}")
+
+
+def cmd_adapt(args) -> int:
+    from .api import adapt
+    from .training.adapt import describe
+
+    run = adapt(args.run, args.data, args.out, finetune=args.finetune, holdout=args.holdout, seed=args.seed,
+                epochs=args.epochs, skip_unreadable=args.skip_unreadable, parent_data=args.parent_data)
+    print(describe(run))
+    print(f"wrote {run.root} (metrics.json, adapt.json, MODEL_CARD.md, report.html)")
+    return 0
 
 
 def cmd_predict(args) -> int:
@@ -140,7 +152,17 @@ def cmd_explain(args) -> int:
 def cmd_export(args) -> int:
     from .deploy.export import export
 
-    path = export(args.run, args.format, args.out)
+    if args.quantize:
+        if args.format != "onnx":
+            raise ConfigError(f"--quantize {args.quantize} needs --format onnx")
+        from .deploy.quantize import quantize_int8
+
+        path = quantize_int8(args.run, args.out)
+        check = json.loads((path.parent / "preprocessing.json").read_text())["exports"]["onnx-int8"]["check"]
+        print(f"int8 check on {check['images']} validation images: labels agree on {check['label_agreement']:.2%}, "
+              f"ROC-AUC {check['roc_auc_float']:.4f} -> {check['roc_auc_int8']:.4f}")
+    else:
+        path = export(args.run, args.format, args.out)
     print(f"wrote {path} and {path.parent / 'preprocessing.json'}")
     return 0
 
@@ -148,7 +170,11 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .deploy.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, engine=args.engine, max_upload_mb=args.max_upload_mb)
+    from .deploy.serve import Batching
+
+    batching = Batching(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    serve(args.run, host=args.host, port=args.port, engine=args.engine, max_upload_mb=args.max_upload_mb,
+          api_key_file=args.api_key_file, batching=batching, threads=args.threads)
     return 0
 
 
@@ -156,6 +182,12 @@ def cmd_report(args) -> int:
     from .report import write_report
     from .runs import PLOT_FILES, Run
 
+    if args.scope_folder:
+        from .report.scope_scores import score_folders
+
+        scored = score_folders(args.run, args.scope_folder)
+        for group, part in scored.groupby("group"):
+            print(f"scored {len(part)} images of {group} (out-of-scope score median {part['ood_score'].median():.2f})")
     path = write_report(args.run)
     missing = [name for name in PLOT_FILES if not Run(Path(args.run)).plot_file(name).is_file()]
     print(f"wrote {path}" + (f" (figures not drawn: {', '.join(missing)})" if missing else ""))
@@ -169,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumoscan", description="Pneumonia detection on chest X-rays.")
     parser.add_argument("--version", action="version", version=f"pneumoscan {__version__}")
     parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,explain,report,export,serve,data}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,adapt,predict,explain,report,export,serve,data}")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     p.add_argument("--data", help="Kermany folder, MedMNIST .npz or CSV manifest (default: $PNEUMOSCAN_DATA)")
@@ -198,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="where the run's data is now, if it moved")
     p.set_defaults(fn=cmd_evaluate)
 
+    p = sub.add_parser("adapt", help="recalibrate a run for a new site with its own labelled images")
+    p.add_argument("run", metavar="RUN_DIR", help="the trained run to adapt")
+    p.add_argument("--data", required=True, help="the site's images: a CSV (path,label[,patient_id]) or a folder "
+                                                  "holding NORMAL/ and PNEUMONIA/ (50-500 images)")
+    p.add_argument("--out", required=True, metavar="NEW_RUN_DIR", help="the adapted run to create")
+    p.add_argument("--finetune", action="store_true",
+                   help="also fine-tune batch-norm statistics and the classifier head (needs the parent's data)")
+    p.add_argument("--holdout", type=float, default=0.3, help="share of the site's images, by patient, held out "
+                                                               "to measure before and after (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient split and the fine-tuning")
+    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10)")
+    p.add_argument("--skip-unreadable", action="store_true", help="leave unreadable site images out instead of stopping")
+    p.add_argument("--parent-data", help="where the parent run's data is now, if it moved (--finetune)")
+    p.set_defaults(fn=cmd_adapt)
+
     p = sub.add_parser("predict", help="predict on image files, folders or globs")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("inputs", nargs="+", metavar="PATH")
@@ -209,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--abstain", action="store_true",
                    help="leave the label empty for images outside the model's scope (the probability is still shown)")
     p.add_argument("--engine", choices=ENGINES, default="keras",
-                   help="keras (model.keras) or onnx (ONNX Runtime; exported to RUN_DIR/export/ on first use)")
+                   help="keras (model.keras), onnx (ONNX Runtime; exported to RUN_DIR/export/ on first use) or "
+                        "onnx-int8 (made by export --quantize int8)")
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("explain", help="Grad-CAM heatmaps: where in each X-ray the model saw pneumonia")
@@ -222,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's model to ONNX, SavedModel or TFLite")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    p.add_argument("--quantize", choices=QUANTIZATIONS,
+                   help="int8: also write model.int8.onnx, calibrated on validation images, refused if it loses quality")
     p.add_argument("--out", metavar="DIR", help="folder to write into (default: RUN_DIR/export)")
     p.set_defaults(fn=cmd_export)
 
@@ -231,10 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--engine", choices=ENGINES, default="keras")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted file (default 20)")
+    p.add_argument("--api-key-file", metavar="FILE",
+                   help="require this file's key on every /api request (Authorization: Bearer KEY)")
+    p.add_argument("--max-batch", type=int, default=SERVE_MAX_BATCH,
+                   help=f"most images scored together (default {SERVE_MAX_BATCH})")
+    p.add_argument("--max-wait-ms", type=float, default=SERVE_MAX_WAIT_MS,
+                   help=f"how long the first image of a batch waits for others (default {SERVE_MAX_WAIT_MS:g} ms)")
+    p.add_argument("--max-queue", type=int, default=SERVE_MAX_QUEUE,
+                   help=f"images that may wait; beyond, requests get 503 with Retry-After (default {SERVE_MAX_QUEUE})")
+    p.add_argument("--threads", type=int, help="inference threads (default: every core)")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("report", help="draw a run's figures and write RUN_DIR/report.html")
+    p = sub.add_parser("report", help="draw a run's figures, write RUN_DIR/report.html and MODEL_CARD.md")
     p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--scope-folder", action="append", metavar="DIR",
+                   help="also score this folder's images for the out-of-scope figure (repeatable)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("data", help="download or inspect data")

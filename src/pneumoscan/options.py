@@ -4,7 +4,7 @@ from __future__ import annotations
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # index = label; PNEUMONIA is the positive class
 
-SOURCES = ("auto", "kermany", "medmnist", "csv")
+SOURCES = ("auto", "kermany", "medmnist", "csv", "folders")  # folders: NORMAL/ and PNEUMONIA/
 # Splits of a run (column ``split`` of splits.csv), in the order they are shown.
 SPLITS = ("train", "val", "test", "kaggle_val")
 REPORTED_SPLITS = ("val", "test", "kaggle_val")  # evaluated and reported; train is fitted on
@@ -17,7 +17,11 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "on", "off")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 
-ENGINES = ("keras", "onnx")
+ENGINES = ("keras", "onnx", "onnx-int8")
+QUANTIZATIONS = ("int8",)  # export --format onnx --quantize
+# The web app's micro-batching (deploy.batching): most images per model call, how long the
+# first image waits for company, and how many images may wait before requests get 503.
+SERVE_MAX_BATCH, SERVE_MAX_WAIT_MS, SERVE_MAX_QUEUE = 16, 4.0, 128
 EXPORT_FORMATS = ("onnx", "savedmodel", "tflite")
 
 # Threshold rules: "sensitivity:<0..1>", "fixed:<0..1>", "youden", "balanced_accuracy".

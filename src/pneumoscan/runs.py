@@ -16,7 +16,7 @@ from .errors import ConfigError, RunError
 
 # The figures of a run, in the order the report shows them (all inside ``plots/``).
 PLOT_FILES = ("training_curves.png", "confusion_matrix.png", "roc_pr.png", "calibration.png",
-              "sample_predictions.png", "gradcam_grid.png")
+              "scope_scores.png", "sample_predictions.png", "gradcam_grid.png")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class Run:
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
+
+    def __fspath__(self) -> str:
+        # A Run is accepted wherever a run directory's path is: pneumoscan.load(pneumoscan.train(...)).
+        return str(self.root)
 
     # what training writes
     @property
@@ -47,6 +51,13 @@ class Run:
     def tensorboard_dir(self): return self.root / "tensorboard"
     @property
     def scope_file(self): return self.root / "scope.npz"
+    @property
+    def scope_extra_file(self): return self.root / "scope_extra.csv"  # pneumoscan report --scope-folder
+    @property
+    def model_card_file(self): return self.root / "MODEL_CARD.md"
+    # what pneumoscan adapt adds
+    @property
+    def adapt_file(self): return self.root / "adapt.json"
     # checkpoints (resume and the best epoch)
     @property
     def checkpoint_dir(self): return self.root / "checkpoints"
@@ -92,7 +103,7 @@ class Run:
         return pd.read_csv(self.history_file)
 
     def predictions(self):
-        """predictions.csv as a DataFrame: path, split, label, probability, raw_probability, predicted."""
+        """predictions.csv as a DataFrame: path, split, label, probability, raw_probability, predicted, ood_score."""
         import pandas as pd
 
         if not self.predictions_file.is_file():

@@ -1,4 +1,5 @@
-"""Data sources: a Kaggle/Kermany folder, a MedMNIST ``.npz``, or a CSV of the user's images.
+"""Data sources: a Kaggle/Kermany folder, a MedMNIST ``.npz``, a CSV of the user's images, or
+a folder holding ``NORMAL/`` and ``PNEUMONIA/``.
 
 Each reader returns a :class:`Collection`: one row per image (``path, label, patient_id,
 split``) and the list of files it skipped, with the reason for each. ``split`` is the
@@ -25,7 +26,7 @@ _LABELS = {"normal": 0, "0": 0, "pneumonia": 1, "1": 1}
 @dataclass
 class Collection:
     records: pd.DataFrame  # path, label (0 normal / 1 pneumonia), patient_id, split
-    kind: str  # kermany | medmnist | csv
+    kind: str  # one of options.SOURCES but auto
     root: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     arrays: dict[str, np.ndarray] | None = None  # medmnist: split -> images
@@ -42,6 +43,21 @@ def parse_label(value, where: str) -> int:
     if label is None:
         raise DataSourceError(f"{where}: label {value!r} is not NORMAL/PNEUMONIA (or 0/1)")
     return label
+
+
+def class_images(folder: Path, skipped: list[tuple[str, str]]) -> list[str]:
+    """The image files under one class folder, sorted; anything else goes to ``skipped`` with the reason."""
+    found = []
+    for file in sorted(folder.rglob("*")):
+        if file.is_dir():
+            continue
+        if "__MACOSX" in file.parts or file.name.startswith("."):
+            skipped.append((str(file), "hidden or macOS metadata file"))
+        elif file.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append((str(file), f"not an image file ({file.suffix or 'no extension'})"))
+        else:
+            found.append(str(file))
+    return found
 
 
 # ---------------------------------------------------------------- Kermany folder
@@ -81,15 +97,7 @@ def read_kermany(path: str | Path) -> Collection:
             if label is None:
                 skipped.append((str(class_dir), "unknown class folder (expected NORMAL or PNEUMONIA)"))
                 continue
-            for file in sorted(class_dir.rglob("*")):
-                if file.is_dir():
-                    continue
-                if "__MACOSX" in file.parts or file.name.startswith("."):
-                    skipped.append((str(file), "hidden or macOS metadata file"))
-                elif file.suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append((str(file), f"not an image file ({file.suffix or 'no extension'})"))
-                else:
-                    rows.append((str(file), label, split))
+            rows += [(path, label, split) for path in class_images(class_dir, skipped)]
     if not rows:
         raise DataSourceError(f"{root}: no images found under train/, val/ or test/")
     records = pd.DataFrame(rows, columns=["path", "label", "split"])
@@ -175,6 +183,34 @@ def read_csv_manifest(path: str | Path) -> Collection:
     return Collection(records, "csv", path, skipped)
 
 
+# ---------------------------------------------------------------- class folders
+def class_folders(path: Path) -> dict[int, Path]:
+    """{label: folder} for a folder holding NORMAL/ and PNEUMONIA/ (any case), else {}."""
+    found = {}
+    if path.is_dir():
+        for child in path.iterdir():
+            label = _LABELS.get(child.name.lower())
+            if child.is_dir() and label is not None and not child.name.isdigit():
+                found[label] = child
+    return found if len(found) == len(CLASS_NAMES) else {}
+
+
+def read_class_folders(path: str | Path) -> Collection:
+    """``NORMAL/`` and ``PNEUMONIA/`` folders of images (searched recursively), one split (``train``)."""
+    path = Path(path)
+    folders = class_folders(path)
+    if not folders:
+        raise DataSourceError(f"{path}: expected NORMAL/ and PNEUMONIA/ folders inside")
+    rows, skipped = [], []
+    for label, folder in sorted(folders.items()):
+        rows += [(path, label, "train") for path in class_images(folder, skipped)]
+    if not rows:
+        raise DataSourceError(f"{path}: no images in NORMAL/ or PNEUMONIA/")
+    records = pd.DataFrame(rows, columns=["path", "label", "split"])
+    records.insert(2, "patient_id", patient_ids(records["path"]))
+    return Collection(records, "folders", path, skipped)
+
+
 def _find_medmnist_npz(folder: Path) -> Path | None:
     """A pneumoniamnist*.npz in ``folder`` or one level below (the places data.locate accepts)."""
     found = sorted(folder.glob("pneumoniamnist*.npz")) or sorted(folder.glob("*/pneumoniamnist*.npz"))
@@ -190,10 +226,13 @@ def read_source(path: str | Path, kind: str = "auto") -> Collection:
         if path.is_dir():
             if find_kermany_root(path) is not None:
                 kind = "kermany"
+            elif class_folders(path):
+                kind = "folders"
             elif npz := _find_medmnist_npz(path):
                 path, kind = npz, "medmnist"
             else:
-                raise DataSourceError(f"{path}: found neither a Kermany folder (train/, test/) nor a PneumoniaMNIST .npz")
+                raise DataSourceError(f"{path}: found no Kermany folder (train/, test/), no NORMAL/ and PNEUMONIA/ "
+                                      "folders and no PneumoniaMNIST .npz")
         else:
             kind = {".npz": "medmnist", ".csv": "csv"}.get(path.suffix.lower(), "")
             if not kind:
@@ -203,5 +242,6 @@ def read_source(path: str | Path, kind: str = "auto") -> Collection:
         if not candidates:
             raise DataSourceError(f"{path}: no pneumoniamnist*.npz inside")
         path = candidates[0]
-    readers = {"kermany": read_kermany, "medmnist": read_medmnist, "csv": read_csv_manifest}
+    readers = {"kermany": read_kermany, "medmnist": read_medmnist, "csv": read_csv_manifest,
+               "folders": read_class_folders}
     return readers[kind](path)

@@ -48,7 +48,17 @@ def export(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path
     except Exception as exc:  # converters raise many types; the user needs one line naming the format
         raise ExportError(f"{fmt} export of {run.model_file} failed: {type(exc).__name__}: {exc}") from None
     record_export(out_dir, contract, fmt, target)
+    _copy_model_card(run, out_dir)
     return target
+
+
+def _copy_model_card(run: Run, out_dir: Path) -> None:
+    """Every export carries the run's model card (written now if the run has none yet)."""
+    from ..report.model_card import write_model_card
+
+    card = run.model_card_file if run.model_card_file.is_file() else write_model_card(run.root)
+    if card.resolve().parent != out_dir.resolve():
+        shutil.copyfile(card, out_dir / card.name)
 
 
 def _write_savedmodel(model, target: Path) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 from ..config import Config
 from ..data.dataset import PreparedData, prepare
 from ..errors import RunError
+from ..models.features import extract_outputs
 from ..models.predict import load_run_model, predict_probabilities
 from ..options import REPORTED_SPLITS
 from ..paths import atomic_write, atomic_write_json
@@ -64,13 +65,16 @@ def compute_metrics(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray],
 
 
 def evaluate_prepared(run: Run, model, prepared: PreparedData, cfg: Config, training: dict | None = None) -> dict:
-    raw = {s: predict_probabilities(model, prepared.images[s]) for s in REPORTED_SPLITS if s in prepared.images}
+    # One pass per split gives the probabilities and the features the scope reads.
+    outputs = {s: extract_outputs(model, prepared.images[s]) for s in REPORTED_SPLITS if s in prepared.images}
+    raw = {s: probs for s, (probs, _) in outputs.items()}
+    features = {s: f for s, (_, f) in outputs.items()}
     temperature, probs, ece = calibrate(prepared.labels, raw)
     metrics = compute_metrics(prepared.labels, probs, cfg)
     metrics["calibration"] = {"method": "temperature", "temperature": temperature, "fitted_on": "val", "ece": ece}
     metrics["shift_stress"] = shift_stress(model, prepared, temperature, metrics["threshold"]["value"])
     # Refitted with every evaluation: the scope belongs to these very weights.
-    scope, metrics["scope"] = fit_model_scope(model, prepared.images, prepared.labels,
+    scope, metrics["scope"] = fit_model_scope(model, prepared.images["train"], prepared.labels["train"], features,
                                               quantile=1.0 - cfg.evaluate.scope_flag_rate)
     scope.save(run.scope_file)
     metrics["model"] = cfg.model.name
@@ -88,6 +92,7 @@ def evaluate_prepared(run: Run, model, prepared: PreparedData, cfg: Config, trai
         rows.append(pd.DataFrame({
             "path": part["path"].to_numpy(), "split": split, "label": part["label"].to_numpy(),
             "probability": p, "raw_probability": raw[split], "predicted": (p >= metrics["threshold"]["value"]).astype(int),
+            "ood_score": scope.score(features[split]),
         }))
     table = pd.concat(rows, ignore_index=True)
     atomic_write(run.predictions_file, lambda tmp: table.to_csv(tmp, index=False))
@@ -111,6 +116,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
     """Re-evaluate a finished run (optionally on data moved to ``data``)."""
     run = Run(Path(run_dir))
     cfg = run.config()
+    if run.adapt_file.is_file():
+        raise RunError(f"{run.root} was made by `pneumoscan adapt` ({run.adapt_file}): its figures are the site's; "
+                       "run adapt again to refit them")
     model = load_run_model(run)
     prepared = prepare(cfg.data, data or cfg.data.path)
     saved = pd.read_csv(run.splits_file)

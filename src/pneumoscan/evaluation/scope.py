@@ -54,6 +54,31 @@ class Scope:
         """The out-of-scope score of each image: higher is further from the training data."""
         return (self.distances(features) / self.scales).mean(axis=1)
 
+    def with_site(self, features: list[np.ndarray], labels: np.ndarray) -> tuple["Scope", np.ndarray]:
+        """This scope widened to a new site: the site's class means join the training ones (the
+        covariance and scales stay), and the threshold rises, if need be, to the ``quantile`` of
+        the site images' leave-one-out scores (each scored with its own class mean computed
+        without it, as an unseen image of the site would be). Returns the scope and those scores."""
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        site_means = [np.stack([np.asarray(f, np.float64)[labels == c].mean(axis=0) for c in classes])
+                      for f in features]
+        widened = Scope([np.concatenate([m, s]) for m, s in zip(self.means, site_means)], self.precisions,
+                        self.scales, self.threshold, self.quantile)
+        per_level = []
+        for f, means, site, whitener, scale in zip(features, self.means, site_means, self.whiteners, self.scales):
+            f = np.asarray(f, np.float64)
+            candidates = [np.sum(((f - m) @ whitener) ** 2, axis=1) for m in means]
+            for k, c in enumerate(classes):
+                own, n = labels == c, int(np.sum(labels == c))
+                # Leave-one-out mean of the image's own class: (n m - f) / (n - 1).
+                loo = np.where(own[:, None], (n * site[k] - f) / max(n - 1, 1), site[k])
+                candidates.append(np.sum(((f - loo) @ whitener) ** 2, axis=1))
+            per_level.append(np.min(candidates, axis=0) / scale)
+        scores = np.mean(per_level, axis=0)
+        widened.threshold = max(self.threshold, float(np.quantile(scores, self.quantile)))
+        return widened, scores
+
     def save(self, path: str | Path) -> Path:
         arrays = {"scales": self.scales, "threshold": np.float64(self.threshold),
                   "quantile": np.float64(self.quantile), "levels": np.int64(len(self.means))}
@@ -89,22 +114,20 @@ def fit_scope(train_features: list[np.ndarray], train_labels: np.ndarray, val_fe
     return scope
 
 
-def fit_model_scope(model, images: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+def fit_model_scope(model, train_images: np.ndarray, train_labels: np.ndarray, features: dict[str, list[np.ndarray]],
                     quantile: float = DEFAULT_QUANTILE, max_train: int = 2000, seed: int = 0) -> tuple[Scope, dict]:
     """Fit the scope of ``model`` on its training images (at most ``max_train``, stratified and
-    seeded) and validation images; returns the scope and a summary for metrics.json (the share
-    of each split flagged, and the score's quantiles)."""
+    seeded) and the validation features (``features["val"]``, from
+    :func:`pneumoscan.models.features.extract_outputs`); returns the scope and a summary for
+    metrics.json (the share of each split in ``features`` flagged, and the score's quantiles)."""
     from ..models.features import extract_features
 
     rng = np.random.default_rng(seed)
-    train_labels = labels["train"]
+    train_labels = np.asarray(train_labels)
     keep = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(train_labels == c))[: int(round(max_train * np.mean(train_labels == c)))]
         for c in np.unique(train_labels)]))
-    # Each split's features once: validation's serve both the fit and the summary.
-    features = {split: extract_features(model, pixels) for split, pixels in images.items()
-                if split != "train" and len(pixels)}
-    scope = fit_scope(extract_features(model, images["train"][keep]), train_labels[keep], features["val"], quantile)
+    scope = fit_scope(extract_features(model, train_images[keep]), train_labels[keep], features["val"], quantile)
     summary = {"method": "class-conditional Mahalanobis, Ledoit-Wolf, every resolution level",
                "threshold": scope.threshold, "quantile": quantile, "fitted_on": {"statistics": "train", "threshold": "val"},
                "train_images": int(len(keep)), "flagged": {}, "score_quantiles": {}}

@@ -74,17 +74,22 @@ def scoped_model(model: keras.Model, means, whiteners, scales) -> keras.Model:
     return keras.Model(model.inputs, [probs, score], name=f"{model.name}_scoped")
 
 
-def extract_features(model: keras.Model, images, batch_size: int = 128) -> list:
-    """Per level, (N, D) float32 features of (N, S, S) uint8 images (the probabilities left out)."""
+def extract_outputs(model: keras.Model, images, batch_size: int = 128) -> tuple:
+    """Raw PNEUMONIA probability (N,) and, per level, (N, D) float32 features of (N, S, S) uint8
+    images, from one pass of the network."""
     import numpy as np
 
     extractor = feature_model(model)
-    levels = len(extractor.outputs) - 1
-    chunks: list[list] = [[] for _ in range(levels)]
+    chunks: list[list] = [[] for _ in extractor.outputs]
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start:start + batch_size], dtype=np.float32)[..., None]
-        outputs = extractor.predict_on_batch(batch)[1:]
-        for level, out in enumerate(outputs):
+        for level, out in enumerate(extractor.predict_on_batch(batch)):
             chunks[level].append(np.asarray(out, dtype=np.float32))
-    width = [int(o.shape[-1]) for o in extractor.outputs[1:]]
-    return [np.concatenate(c) if c else np.zeros((0, w), np.float32) for c, w in zip(chunks, width)]
+    width = [int(o.shape[-1]) for o in extractor.outputs]
+    probs, *features = [np.concatenate(c) if c else np.zeros((0, w), np.float32) for c, w in zip(chunks, width)]
+    return probs[:, 1].astype(np.float64), features
+
+
+def extract_features(model: keras.Model, images, batch_size: int = 128) -> list:
+    """Per level, (N, D) float32 features of (N, S, S) uint8 images."""
+    return extract_outputs(model, images, batch_size)[1]

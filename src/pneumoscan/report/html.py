@@ -22,6 +22,7 @@ from ..errors import RunError
 from ..options import CLASS_NAMES, REPORTED_SPLITS, SPLITS, parse_threshold_rule
 from ..paths import atomic_write_text
 from ..runs import PLOT_FILES, Run
+from .model_card import write_model_card
 from .plots import draw_plots, read_table
 
 SPLIT_NOTES = {
@@ -29,6 +30,11 @@ SPLIT_NOTES = {
     "val": "carved from train, grouped by patient; chooses epoch, temperature and threshold",
     "test": "official test split, reported only",
     "kaggle_val": "Kermany's 16-image val folder, for information only",
+}
+ADAPTED_SPLIT_NOTES = {  # a run made by `pneumoscan adapt`: every split is the new site's
+    "train": "site images the batch norm and head were fine-tuned on",
+    "val": "site images that refitted temperature, threshold and scope",
+    "test": "site images held out by patient, reported only",
 }
 METRIC_COLUMNS = (  # (key in metrics.json, column title)
     ("n", "n"), ("accuracy", "accuracy"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
@@ -43,6 +49,9 @@ FIGURES = {  # file -> (heading, caption)
     "roc_pr.png": ("ROC and precision-recall", "Val and test curves; the dot is the chosen operating point, "
                    "the dotted lines the pneumonia prevalence."),
     "calibration.png": ("Calibration", "Reliability diagrams before and after temperature scaling."),
+    "scope_scores.png": ("Out-of-scope score", "Distribution of the out-of-scope score on val, test and any "
+                         "folder scored with `pneumoscan report RUN --scope-folder DIR`; the dashed line is the "
+                         "threshold (fitted on val), above which predict warns and --abstain leaves the label empty."),
     "sample_predictions.png": ("Sample predictions", "Test images with actual and predicted label and "
                                "P(pneumonia); mistakes in red. A seeded pick, a third of them mistakes."),
     "gradcam_grid.png": ("Grad-CAM", "Where the model found evidence for pneumonia: the most confident true "
@@ -142,9 +151,10 @@ def _data_table(run: Run) -> dict:
     except RunError as exc:
         return {"data_error": str(exc)}
     rows = []
+    notes = ADAPTED_SPLIT_NOTES if run.adapt_file.is_file() else SPLIT_NOTES
     for split in _in_split_order(set(splits["split"])):
         part = splits[splits["split"] == split]
-        cells = [split, SPLIT_NOTES.get(split, "")]
+        cells = [split, notes.get(split, "")]
         for label in (0, 1):
             of_class = part[part["label"] == label]
             cells += [len(of_class), of_class["patient_id"].nunique()]
@@ -180,6 +190,16 @@ def _environment(run: Run) -> dict:
         return {}  # only shown for information; its absence must not stop a report
 
 
+def _model_card_html(run: Run):
+    """MODEL_CARD.md as HTML. The card escapes every value it shows, so its markup is its own."""
+    import markdown
+    from markupsafe import Markup
+
+    if not run.model_card_file.is_file():
+        return None
+    return Markup(markdown.markdown(run.model_card_file.read_text(), extensions=["tables", "fenced_code"]))
+
+
 def render_report(run_dir: str | Path, failures: dict[str, str] | None = None) -> str:
     """The report page of a run as one HTML string (figures taken from ``RUN/plots/``)."""
     run = Run(Path(run_dir))
@@ -209,7 +229,7 @@ def render_report(run_dir: str | Path, failures: dict[str, str] | None = None) -
         "config_file": str(run.config_file), "config_file_name": run.config_file.name,
         "config_rows": [[f"{section}.{key}", json.dumps(value)]
                         for section, values in config.items() for key, value in values.items()],
-        "environment_rows": env_rows,
+        "environment_rows": env_rows, "model_card": _model_card_html(run),
         **_data_table(run),
     }
     return _environment_jinja().get_template("report.html.j2").render(context)
@@ -220,4 +240,5 @@ def write_report(run_dir: str | Path, draw: bool = True) -> Path:
     run = Run(Path(run_dir))
     run.config(), run.metrics()  # fail early, naming the file, on a folder that is no (finished) run
     failures = draw_plots(run.root)[1] if draw else {}
+    write_model_card(run.root)
     return atomic_write_text(run.report_file, render_report(run.root, failures))

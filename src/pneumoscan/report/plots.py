@@ -303,6 +303,16 @@ def _draw_calibration(data: _RunData, out: Path) -> Path:
     return plot_calibration(curves, out, temperature)
 
 
+def _draw_scope_scores(data: _RunData, out: Path) -> Path:
+    from .scope_scores import plot_scope_scores, read_extra_scores
+
+    if "ood_score" not in data.predictions.columns or "scope" not in data.metrics:
+        raise RunError(f"{data.run.predictions_file}: no ood_score column; run `pneumoscan evaluate {data.run.root}`")
+    groups = {s: data.split(s)["ood_score"].to_numpy() for s in data.splits_present(("val", "test"))}
+    groups.update({name: part["ood_score"].to_numpy() for name, part in read_extra_scores(data.run).groupby("group")})
+    return plot_scope_scores(groups, float(data.metrics["scope"]["threshold"]), out)
+
+
 def _draw_samples(data: _RunData, out: Path) -> Path:
     picked = select_samples(data.split("test"))
     images, kept = images_for_report(picked["path"].tolist(), data.cfg)
@@ -334,7 +344,8 @@ def _draw_gradcam(data: _RunData, out: Path) -> Path:
 
 # One drawer per figure, in the order of PLOT_FILES.
 _DRAWERS: dict[str, Callable[[_RunData, Path], Path]] = dict(zip(PLOT_FILES, (
-    _draw_training_curves, _draw_confusion, _draw_roc_pr, _draw_calibration, _draw_samples, _draw_gradcam)))
+    _draw_training_curves, _draw_confusion, _draw_roc_pr, _draw_calibration, _draw_scope_scores, _draw_samples,
+    _draw_gradcam)))
 
 
 def draw_plots(run_dir: str | Path) -> tuple[list[Path], dict[str, str]]:
