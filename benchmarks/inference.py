@@ -1,19 +1,23 @@
-"""Inference benchmark: batch throughput (Keras vs ONNX Runtime) and the web app's latency.
+"""Inference benchmark: batch throughput (Keras, ONNX Runtime float32 and int8) and the web
+app's latency with and without micro-batching, under load and overload.
 
     python benchmarks/inference.py --run RUN_DIR [--data ../shared/data]
 
 Measures, side by side in one run on this machine:
-1. images per second of ``Predictor.probabilities`` on preprocessed real test images, for
-   the keras and onnx engines, at batch 1 and batch 32 (decoding excluded: that is the
-   same for both engines);
-2. the app (``pneumoscan serve``, started as a subprocess on 127.0.0.1) answering
-   single-image ``POST /api/predict`` requests from 8 concurrent local clients: p50 and
-   p99 latency and requests per second, for each engine (decoding included, Grad-CAM off).
+1. images per second of ``Predictor.probabilities`` on preprocessed real test images for the
+   keras, onnx and onnx-int8 engines at batch 1 and 32 (decoding excluded); the int8 model is
+   made first by ``pneumoscan export RUN --format onnx --quantize int8``, and its quality check
+   on validation (label agreement, ROC-AUC change) is reported;
+2. the app (``pneumoscan serve`` as a subprocess on 127.0.0.1), for each engine, unbatched
+   (``--max-batch 1``: every request scored alone, as before micro-batching) and batched (the
+   defaults): single-image ``POST /api/predict`` requests from 8 and from 32 concurrent
+   clients, p50 / p99 latency, requests per second and failures; Grad-CAM requests separately;
+3. overload: 256 concurrent clients against the batched app: how many answers were 200, 503
+   (with Retry-After) or failures, and whether the app answers normally afterwards.
 
-Without ``--run`` a small run of the default model is trained first (the speed of a model
-depends on its architecture and input size, not on how well it was trained); the results
-file says so. Writes benchmarks/results/inference.md. Every request goes to 127.0.0.1 only,
-and the request count is bounded (``--requests``).
+Without ``--run`` a small run of the default model is trained first (speed depends on the
+architecture and input size, not on the training; the int8 quality check then means little).
+Writes benchmarks/results/inference.md. Every request goes to 127.0.0.1 only.
 """
 from __future__ import annotations
 
@@ -39,9 +43,13 @@ import numpy as np
 from quality import cpu_name  # benchmarks/ is on sys.path when this script runs
 
 HERE = Path(__file__).resolve().parent
-ENGINES = ("keras", "onnx")
+ENGINES = ("keras", "onnx", "onnx-int8")  # batch throughput
+APP_ENGINES = ("keras", "onnx")
+APP_MODES = {"unbatched": ["--max-batch", "1"], "batched": []}
 BATCH_SIZES = (1, 32)
-CLIENTS = 8
+CLIENT_COUNTS = (8, 32)
+OVERLOAD_CLIENTS = 256
+TARGETS = {"p99_ms_8": 100.0, "rps_ratio_8": 2.0}
 
 
 def busy_processes() -> list[str]:
@@ -80,12 +88,25 @@ def test_images(data: Path, count: int) -> list[Path]:
 
 # --- 1. batch throughput -------------------------------------------------------------------
 
-def throughput(run: Path, arrays: np.ndarray, repeats: int) -> dict[tuple[str, int], float]:
+def quantize(run: Path) -> dict | None:
+    """Make the int8 model (as `pneumoscan export --quantize int8` does) and return its quality check."""
+    from pneumoscan.deploy.quantize import quantize_int8
+    from pneumoscan.errors import ExportError
+
+    try:
+        target = quantize_int8(run)
+    except ExportError as exc:
+        print(f"int8: {exc}", flush=True)
+        return None
+    return json.loads((target.parent / "preprocessing.json").read_text())["exports"]["onnx-int8"]["check"]
+
+
+def throughput(run: Path, arrays: np.ndarray, repeats: int, with_int8: bool) -> dict[tuple[str, int], float]:
     """Images per second, the median of ``repeats`` timed passes after one warm-up pass."""
     from pneumoscan.inference.predictor import Predictor
 
     out = {}
-    for engine in ENGINES:
+    for engine in ENGINES if with_int8 else ENGINES[:2]:
         predictor = Predictor.from_run(run, engine=engine)
         for batch in BATCH_SIZES:
             # Batch 1 is ~30x slower per image: time fewer images so each pass stays short.
@@ -114,9 +135,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(run: Path, engine: str, port: int) -> subprocess.Popen:
+def start_app(run: Path, engine: str, port: int, extra: list[str]) -> subprocess.Popen:
     cli = Path(sys.executable).with_name("pneumoscan")
-    cmd = [str(cli), "serve", str(run), "--host", "127.0.0.1", "--port", str(port), "--engine", engine]
+    cmd = [str(cli), "serve", str(run), "--host", "127.0.0.1", "--port", str(port), "--engine", engine, *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -140,10 +161,11 @@ def multipart(path: Path) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def latency(port: int, files: list[Path], requests: int) -> dict:
-    """``requests`` single-image POSTs from CLIENTS threads, each on its own keep-alive connection."""
+def latency(port: int, files: list[Path], requests: int, clients: int, query: str = "") -> dict:
+    """``requests`` single-image POSTs from ``clients`` threads, each on its own keep-alive connection."""
     bodies = [multipart(p) for p in files]
-    per_client = requests // CLIENTS
+    per_client = max(1, requests // clients)
+    statuses: dict[int, int] = {}
     timings: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
@@ -154,9 +176,11 @@ def latency(port: int, files: list[Path], requests: int) -> dict:
             body, content_type = bodies[(index * per_client + i) % len(bodies)]
             t0 = time.perf_counter()
             try:
-                conn.request("POST", "/api/predict", body=body, headers={"Content-Type": content_type})
+                conn.request("POST", "/api/predict" + query, body=body, headers={"Content-Type": content_type})
                 response = conn.getresponse()
                 payload = response.read()
+                with lock:
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
                 ok = response.status == 200 and json.loads(payload)["results"][0]["error"] is None
             except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
                 ok, payload = False, str(exc).encode()
@@ -177,7 +201,7 @@ def latency(port: int, files: list[Path], requests: int) -> dict:
     warm.getresponse().read()
     warm.close()
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -186,27 +210,49 @@ def latency(port: int, files: list[Path], requests: int) -> dict:
     wall = time.perf_counter() - t0
     ms = np.array(timings) * 1000
     return {"n": len(timings), "failed": len(failures), "first_failure": failures[0] if failures else "",
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "clients": clients,
             "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
             "p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
             "rps": len(timings) / wall}
 
 
+def health(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/health")
+    body = json.loads(conn.getresponse().read())
+    conn.close()
+    return body
+
+
 def app_latency(run: Path, files: list[Path], requests: int) -> dict[str, dict]:
+    """{"engine/mode": {clients: latency, "gradcam": latency, "overload": ...}}."""
     out = {}
-    for engine in ENGINES:
-        port = free_port()
-        proc = start_app(run, engine, port)
-        try:
-            out[engine] = latency(port, files, requests)
-        finally:
-            proc.terminate()
+    for engine in APP_ENGINES:
+        for mode, extra in APP_MODES.items():
+            port = free_port()
+            proc = start_app(run, engine, port, extra)
+            key = f"{engine}/{mode}"
             try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        r = out[engine]
-        print(f"  app {engine:<5}: p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, {r['rps']:.1f} req/s, "
-              f"{r['failed']} failed", flush=True)
+                out[key] = {str(c): latency(port, files, requests, c) for c in CLIENT_COUNTS}
+                for c in CLIENT_COUNTS:
+                    r = out[key][str(c)]
+                    print(f"  app {key:<16} {c:>3} clients: p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                          f"{r['rps']:.1f} req/s, {r['failed']} failed", flush=True)
+                if mode == "batched":
+                    out[key]["gradcam"] = latency(port, files, requests // 5, 8, "?gradcam=1")
+                    print(f"  app {key} Grad-CAM: p50 {out[key]['gradcam']['p50']:.0f} ms", flush=True)
+                    overload = latency(port, files, OVERLOAD_CLIENTS * 2, OVERLOAD_CLIENTS)
+                    after = latency(port, files, 40, 4)
+                    out[key]["overload"] = {**overload, "after": after, "alive": proc.poll() is None,
+                                            "health": health(port)["status"]}
+                    print(f"  app {key} overload: {overload['statuses']}, after: {after['statuses']}", flush=True)
+                out[key]["batching"] = health(port).get("batching")
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     return out
 
 
@@ -219,63 +265,83 @@ def version(pkg: str) -> str:
         return "not installed"
 
 
-def render(args, run: Path, trained_here: bool, n_images: int, rates: dict, app: dict, load: dict,
-           busy: list[str], command: str) -> str:
+def render(args, run: Path, trained_here: bool, n_images: int, rates: dict, int8: dict | None, app: dict,
+           load: dict, busy: list[str], command: str) -> str:
     from pneumoscan.runs import Run
 
     cfg = Run(run).config()
-    # Before: other jobs only. After: includes this benchmark's own server and clients (about 2).
-    shared = busy or load["before"][0] > 1.0 or load["after"][0] > 3.0
+    # Before: other jobs only. After: includes this benchmark's own server and clients.
+    shared = busy or load["before"][0] > 1.0
+    tf_version = version("tensorflow-cpu") if version("tensorflow-cpu") != "not installed" else version("tensorflow")
     lines = [
-        "# Inference benchmark",
-        "",
+        "# Inference benchmark", "",
         f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Command: `{command}`",
         f"- Machine: {os.cpu_count()} CPU cores ({cpu_name()}), {platform.system()} {platform.machine()}, no GPU",
-        f"- Versions: tensorflow {version('tensorflow-cpu') if version('tensorflow-cpu') != 'not installed' else version('tensorflow')}, "
-        f"keras {version('keras')}, onnxruntime {version('onnxruntime')}, tf2onnx {version('tf2onnx')}",
-        f"- Model: `{cfg.model.name}` at {cfg.data.image_size} px, run `{run.name}`"
-        + (" (a small run trained by this script for the benchmark: 1 epoch on 100 images per class; "
-           "speed depends on the architecture and input size, not on the training)" if trained_here else ""),
+        f"- Versions: tensorflow {tf_version}, keras {version('keras')}, onnxruntime {version('onnxruntime')}, "
+        f"tf2onnx {version('tf2onnx')}",
+        f"- Model: `{cfg.model.name}` at {cfg.data.image_size} px, run `{run}`"
+        + (" (a small run trained by this script: speed depends on the architecture and input size, not on the "
+           "training)" if trained_here else ""),
         f"- Load average (1 min) before / after: {load['before'][0]:.2f} / {load['after'][0]:.2f}",
+        "- The load generator (Python threads) runs on the same 2 cores as the app, as before.",
     ]
     if shared:
-        why = [f"other jobs: {'; '.join(f'`{b}`' for b in busy)}"] if busy else []
-        if load["before"][0] > 1.0:
-            why.append("load average above 1 before the start")
-        if load["after"][0] > 3.0:
-            why.append("load average above 3 at the end, more than this benchmark's own server and clients")
-        lines.append(f"- **The machine was shared while this ran** ({'; '.join(why)}); "
-                     "the numbers are lower and noisier than on a quiet machine.")
-    lines += [
-        "",
-        f"## Batch prediction ({n_images} preprocessed real test images; batch 1 times the first 64)",
-        "",
-        "`Predictor.probabilities` on (N, S, S) uint8 arrays: model + temperature calibration, no decoding.",
-        "Median of " + str(args.repeats) + " timed passes after a warm-up pass.",
-        "",
-        "| engine | batch 1 (images/s) | batch 32 (images/s) |",
-        "| --- | ---: | ---: |",
-    ]
+        lines.append(f"- **The machine was shared while this ran** ({'; '.join(busy) or 'load average above 1 before'}).")
+    lines += ["", f"## Batch prediction ({n_images} preprocessed real test images; batch 1 times the first 64)", "",
+              "`Predictor.probabilities` on (N, S, S) uint8 arrays: model + temperature calibration, no decoding. "
+              f"Median of {args.repeats} timed passes after a warm-up pass.", "",
+              "| engine | batch 1 (images/s) | batch 32 (images/s) |", "| --- | ---: | ---: |"]
     for engine in ENGINES:
-        lines.append(f"| {engine} | {rates[(engine, 1)]:.1f} | {rates[(engine, 32)]:.1f} |")
-    lines += [
-        "",
-        f"## Web app: single-image requests from {CLIENTS} concurrent local clients",
-        "",
-        f"`pneumoscan serve RUN --engine E` on 127.0.0.1; each client posts one JPEG per request "
-        f"(`POST /api/predict`, Grad-CAM off) on a keep-alive connection; {args.requests} requests per engine "
-        "after one warm-up request. Latency includes upload, decoding, preprocessing, inference and JSON.",
-        "",
-        "| engine | requests | failed | p50 latency (ms) | p99 latency (ms) | requests/s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for engine in ENGINES:
-        r = app[engine]
-        lines.append(f"| {engine} | {r['n']} | {r['failed']} | {r['p50']:.0f} | {r['p99']:.0f} | {r['rps']:.1f} |")
-    failures = [f"{e}: {app[e]['first_failure']}" for e in ENGINES if app[e]["failed"]]
-    if failures:
-        lines += ["", "First failure per engine: " + "; ".join(failures)]
+        if (engine, 1) in rates:
+            lines.append(f"| {engine} | {rates[(engine, 1)]:.1f} | {rates[(engine, 32)]:.1f} |")
+    if int8:
+        lines += ["", f"int8 quality check (`pneumoscan export RUN --format onnx --quantize int8`, calibrated on "
+                  f"{int8['calibration_images']} validation images, checked on all {int8['images']}): labels agree with "
+                  f"the float model on **{int8['label_agreement']:.2%}** (needs >= {int8['min_agreement']:.0%}), "
+                  f"validation ROC-AUC {int8['roc_auc_float']:.4f} -> {int8['roc_auc_int8']:.4f} "
+                  f"(**{int8['roc_auc_change']:+.4f}**, allowed ±{int8['max_auc_change']}), largest probability "
+                  f"difference {int8['max_probability_difference']:.4f}"
+                  + (f", out-of-scope verdicts agree on {int8['in_scope_agreement']:.2%}" if "in_scope_agreement" in int8 else "")
+                  + "."]
+    lines += ["", "## Web app", "",
+              "`pneumoscan serve RUN --engine E` on 127.0.0.1, unbatched (`--max-batch 1`: each request scored alone, "
+              "as the app did before micro-batching) and batched (defaults: at most 16 images a batch, 4 ms wait, "
+              "128 queued). Each client posts one JPEG per request (`POST /api/predict`) on a keep-alive connection, "
+              f"{args.requests} requests per line after one warm-up request. Latency includes upload, decoding, "
+              "inference and JSON.", "",
+              "| engine | mode | clients | requests | failed | p50 (ms) | p99 (ms) | requests/s | images per batch |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for key, results in app.items():
+        engine, mode = key.split("/")
+        batching = results.get("batching") or {}
+        per_batch = batching["images"] / batching["batches"] if batching.get("batches") else float("nan")
+        for c in CLIENT_COUNTS:
+            r = results[str(c)]
+            lines.append(f"| {engine} | {mode} | {c} | {r['n'] + r['failed']} | {r['failed']} | {r['p50']:.0f} | "
+                         f"{r['p99']:.0f} | {r['rps']:.1f} | " + (f"{per_batch:.1f} |" if c == CLIENT_COUNTS[-1] else " |"))
+    lines += ["", "Images per batch: over the app's whole life (all loads, warm-ups included), from `/health`.", "",
+              "### Targets (8 clients, batched)", "", "| engine | p99 (ms) | target | requests/s vs unbatched | target | "
+              "failed at 32 clients |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for engine in APP_ENGINES:
+        b, u = app[f"{engine}/batched"], app[f"{engine}/unbatched"]
+        ratio = b["8"]["rps"] / u["8"]["rps"]
+        lines.append(f"| {engine} | {b['8']['p99']:.0f} | <= {TARGETS['p99_ms_8']:.0f} "
+                     f"({'met' if b['8']['p99'] <= TARGETS['p99_ms_8'] else 'missed'}) | {ratio:.2f}x | >= 2x "
+                     f"({'met' if ratio >= TARGETS['rps_ratio_8'] else 'missed'}) | {b['32']['failed']} |")
+    lines += ["", "### Grad-CAM requests (8 clients, batched app, `?gradcam=1`)", "",
+              "| engine | requests | failed | p50 (ms) | p99 (ms) | requests/s |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for engine in APP_ENGINES:
+        r = app[f"{engine}/batched"]["gradcam"]
+        lines.append(f"| {engine} | {r['n'] + r['failed']} | {r['failed']} | {r['p50']:.0f} | {r['p99']:.0f} | {r['rps']:.1f} |")
+    lines += ["", f"### Overload: {OVERLOAD_CLIENTS} concurrent clients, 2 requests each (batched app)", "",
+              "| engine | HTTP statuses | connection errors | app alive after | 4 clients after (statuses) |",
+              "| --- | --- | ---: | --- | --- |"]
+    for engine in APP_ENGINES:
+        o = app[f"{engine}/batched"]["overload"]
+        errors = o["n"] + o["failed"] - sum(o["statuses"].values())
+        lines.append(f"| {engine} | {o['statuses']} | {errors} | {'yes' if o['alive'] and o['health'] == 'ok' else 'NO'} "
+                     f"| {o['after']['statuses']} |")
     lines += ["", "Reproduce: `" + command + "`", ""]
     return "\n".join(lines)
 
@@ -299,8 +365,8 @@ def main(argv=None) -> int:
               + "\nwait for them, or pass --allow-busy (the results file then says the machine was shared)",
               file=sys.stderr)
         return 3
-    if args.requests < CLIENTS:
-        parser.error(f"--requests must be at least {CLIENTS}")
+    if args.requests < max(CLIENT_COUNTS):
+        parser.error(f"--requests must be at least {max(CLIENT_COUNTS)}")
 
     load = {"before": os.getloadavg()}
     data = Path(args.data)
@@ -313,13 +379,16 @@ def main(argv=None) -> int:
         size = Run(run).config().data.image_size
         files = test_images(data, args.images)
         arrays = np.stack([load_image(p, size).array for p in files])
+        int8 = quantize(run)
         print(f"throughput on {len(arrays)} images at {size} px", flush=True)
-        rates = throughput(run, arrays, args.repeats)
-        print(f"app latency, {CLIENTS} clients, {args.requests} requests per engine", flush=True)
+        rates = throughput(run, arrays, args.repeats, int8 is not None)
+        print(f"app latency, {CLIENT_COUNTS} clients, {args.requests} requests per line", flush=True)
         app = app_latency(run, files, args.requests)
         load["after"] = os.getloadavg()
         busy += [b for b in busy_processes() if b not in busy]  # jobs that started while this ran
-        report = render(args, run, not args.run, len(arrays), rates, app, load, busy, command)
+        report = render(args, run, not args.run, len(arrays), rates, int8, app, load, busy, command)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(
+        {"rates": {f"{e}/{b}": v for (e, b), v in rates.items()}, "int8": int8, "app": app}, indent=1) + "\n")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)

@@ -141,10 +141,10 @@ def test_onnx_engine_app_matches_keras(tiny_run, images, expected):
 def test_internal_error_is_json_without_traceback(service, images, monkeypatch):
     from fastapi.testclient import TestClient
 
-    def broken(*_):
+    async def broken(*_):
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(service, "analyse", broken)
+    monkeypatch.setattr(service, "analyse_async", broken)
     response = TestClient(create_app(service.run.root, service=service), raise_server_exceptions=False).post(
         "/api/predict", files=[upload(images[0])])
     assert response.status_code == 500

@@ -10,18 +10,26 @@
 - ``GET /health``: the model's id (run name + hash of model.keras) and status.
 
 Uploads are decoded once, from memory (no temporary files), by the shared loader
-(:func:`pneumoscan.imaging.load_image`) through ``Predictor.iter_batches``, so the app
-applies exactly the preprocessing, calibration and threshold of the command line. The
-answer is 200 when at least one file was predicted, 422 (same JSON) when none could be.
-The app has no authentication and binds 127.0.0.1 unless told otherwise.
+(:func:`pneumoscan.imaging.load_image`) in the request's own thread, then scored by the
+micro-batching queue (:mod:`.batching`) together with the images of other requests that
+arrived at the same time; the rows are labelled by the same ``Predictor`` code as the
+command line, so the app applies exactly its preprocessing, calibration and threshold. The
+answer is 200 when at least one file was predicted, 422 (same JSON) when none could be, 503
+with ``Retry-After`` when the queue is full. With an API key file (:mod:`.auth`), every
+``/api/*`` request needs the key; each request is logged in one line, never the image.
+The app binds 127.0.0.1 unless told otherwise.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import logging
+import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,9 +42,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from ..inference.predictor import WARNING_SEPARATOR, Predictor
+from ..inference.predictor import WARNING_SEPARATOR, Entry, Predictor
 from ..models.predict import load_run_model
 from ..runs import Run
+from .auth import ApiKey, request_log
+from .batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, BatchQueue, Overloaded, TooManyImages
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +73,44 @@ class Limits:
         return f"{self.max_file_bytes / (1024 * 1024):.3g} MB per file"
 
 
-class ModelService:
-    """Everything a request needs: the predictor, the model id, and (lazily) a Keras model for Grad-CAM."""
+RETRY_AFTER_SECONDS = 1
 
-    def __init__(self, run_dir: str | Path, engine: str = "keras"):
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    max_queue: int = DEFAULT_MAX_QUEUE
+
+
+def set_threads(threads: int | None) -> int:
+    """One inference at a time runs on every core (the batcher is the model's only caller);
+    TensorFlow's inter-op pool is kept to one thread so it does not fight the decoding threads."""
+    threads = threads or os.cpu_count() or 1
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started (an app made inside a running program): keep its pools
+        log.info("TensorFlow's thread pools were already set; keeping them")
+    return threads
+
+
+class ModelService:
+    """Everything a request needs: the predictor, the model id, the batching queue, and (lazily)
+    a Keras model for Grad-CAM."""
+
+    def __init__(self, run_dir: str | Path, engine: str = "keras", batching: Batching | None = None,
+                 threads: int | None = None):
         self.run = Run(Path(run_dir))
         self.engine = engine
-        self.predictor = Predictor.from_run(self.run.root, engine=engine)
+        self.threads = set_threads(threads)
+        self.predictor = Predictor.from_run(self.run.root, engine=engine, threads=self.threads)
         self.model_id = self.run.model_id()
+        self.batching = batching or Batching()
+        self.queue = BatchQueue(self.predictor.scores, self.batching.max_batch, self.batching.max_wait_ms,
+                                self.batching.max_queue)
         self._keras_model = self.predictor.classifier if engine == "keras" else None
         self._explainer = None
         self._lock = threading.RLock()
@@ -97,26 +137,40 @@ class ModelService:
         return {"status": "ok", "model_id": self.model_id, "run": self.run.root.name, "engine": self.engine,
                 "image_size": self.predictor.image_size, "threshold": self.predictor.threshold,
                 "temperature": self.predictor.temperature, "scope_threshold": self.predictor.scope_threshold,
-                "pneumoscan_version": __version__}
+                "batching": {"max_batch": self.batching.max_batch, "max_wait_ms": self.batching.max_wait_ms,
+                             "max_queue": self.batching.max_queue, "batches": self.queue.batches,
+                             "images": self.queue.images},
+                "threads": self.threads, "pneumoscan_version": __version__}
+
+    def decode(self, uploads: list[tuple[str, bytes]]):
+        """[(client file name, content)] -> a Batch of rows, unlabelled; each upload decoded once,
+        from memory, by the loader the command line uses."""
+        entries = [Entry(name, content) for name, content in uploads]
+        return self.predictor.unlabelled(entries, [self.predictor.load_entry(e) for e in entries])
+
+    async def analyse_async(self, uploads: list[tuple[str, bytes]], with_gradcam: bool) -> list[dict]:
+        """One result dict per upload, in order: decoded in a worker thread, scored by the
+        batching queue with whatever other requests are waiting (raises Overloaded when full)."""
+        batch = await run_in_threadpool(self.decode, uploads)
+        if batch.readable:
+            futures = self.queue.submit(batch.images)
+            scored = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            probs = [p for p, _ in scored]
+            ood = None if any(o is None for _, o in scored) else [o for _, o in scored]
+            self.predictor.fill(batch.readable, probs, ood)
+        results = [self._result(row) for row in batch.rows]
+        if with_gradcam and batch.readable:
+            by_row = {id(row): result for row, result in zip(batch.rows, results)}
+            readable = [(by_row[id(row)], image) for row, image in zip(batch.readable, batch.images)]
+            await run_in_threadpool(self._add_gradcam, readable)
+        return results
 
     def analyse(self, uploads: list[tuple[str, bytes]], with_gradcam: bool) -> list[dict]:
-        """[(client file name, content)] -> one result dict per upload, in order.
+        """:meth:`analyse_async` for callers outside an event loop."""
+        return asyncio.run(self.analyse_async(uploads, with_gradcam))
 
-        Each upload is decoded once, from memory, by the same loader the command line uses.
-        """
-        if not uploads:
-            return []
-        names, contents = zip(*uploads)
-        results, readable = [], []
-        for batch in self.predictor.iter_batches(list(contents), batch_size=len(uploads), names=list(names)):
-            by_row = {}
-            for row in batch.rows:
-                by_row[id(row)] = self._result(row)
-                results.append(by_row[id(row)])
-            readable += [(by_row[id(row)], image) for row, image in zip(batch.readable, batch.images)]
-        if with_gradcam and readable:
-            self._add_gradcam(readable)
-        return results
+    def close(self) -> None:
+        self.queue.close()
 
     def _result(self, row: dict) -> dict:
         result = {"filename": row["path"], "probability": None, "label": None, "ood_score": None, "in_scope": None,
@@ -177,19 +231,48 @@ def _limited_receive(receive, max_bytes: int):
 
 
 def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-               max_files: int = DEFAULT_MAX_FILES, service: ModelService | None = None):
-    """The FastAPI app for ``run_dir``; the model is loaded here, before the first request."""
+               max_files: int = DEFAULT_MAX_FILES, service: ModelService | None = None, api_key: ApiKey | None = None,
+               batching: Batching | None = None, threads: int | None = None):
+    """The FastAPI app for ``run_dir``; the model is loaded here, before the first request.
+    With ``api_key``, every ``/api/*`` request must carry it (``Authorization: Bearer KEY``)."""
     if max_upload_mb <= 0 or max_files < 1:
         raise ValueError("the upload limit must be positive and at least one file must be allowed per request")
-    service = service or ModelService(run_dir, engine)
+    service = service or ModelService(run_dir, engine, batching=batching, threads=threads)
     limits = Limits(int(max_upload_mb * 1024 * 1024), max_files)
     page = resources.files("pneumoscan.deploy").joinpath("static/index.html").read_text(encoding="utf-8")
-    app = FastAPI(title="pneumoscan", version=service.health()["pneumoscan_version"],
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()  # the batching worker stops with the server
+
+    app = FastAPI(title="pneumoscan", version=service.health()["pneumoscan_version"], lifespan=lifespan,
                   docs_url=None, redoc_url=None)  # the docs pages load scripts from a CDN
     app.state.service = service
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def guard_and_log(request: Request, call_next):
+        started = time.perf_counter()
+        if api_key is not None and request.url.path.startswith("/api/") and not api_key.allows(request):
+            response = error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                             {"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
+        request_log.info(
+            "%s %s %d %.0fms model=%s files=%s", request.method, request.url.path, response.status_code,
+            1000 * (time.perf_counter() - started), service.model_id, request.scope.get("pneumoscan_files", "-"))
+        return response
+
+    @app.exception_handler(TooManyImages)
+    async def too_many(request, exc):
+        return error(413, str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(request, exc):
+        return error(503, f"busy ({exc}); retry in {RETRY_AFTER_SECONDS} s",
+                     {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(request, exc):
@@ -221,7 +304,7 @@ def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float 
 
     @app.get("/health")
     async def health():
-        return service.health()
+        return {**service.health(), "auth_required": api_key is not None}
 
     @app.post("/api/predict")
     async def predict(request: Request, gradcam: bool = False):
@@ -243,7 +326,8 @@ def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float 
             uploads = [(_client_name(f.filename), await f.read()) for f in files]
         finally:
             await form.close()
-        results = await run_in_threadpool(service.analyse, uploads, gradcam)
+        request.scope["pneumoscan_files"] = len(uploads)
+        results = await service.analyse_async(uploads, gradcam)
         body = {"model_id": service.model_id, "engine": service.engine,
                 "threshold": service.predictor.threshold, "results": results}
         if all(result["error"] for result in results):
@@ -255,12 +339,17 @@ def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float 
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, engine: str = "keras",
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES) -> None:
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
+          api_key_file: str | Path | None = None, batching: Batching | None = None, threads: int | None = None) -> None:
     """Load the run's model and serve the app until interrupted."""
     import uvicorn
 
-    app = create_app(run_dir, engine=engine, max_upload_mb=max_upload_mb, max_files=max_files)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: the app has no authentication; anyone who can reach this address can use it", host)
+    api_key = ApiKey.from_file(api_key_file) if api_key_file else None  # a bad key file fails before the model loads
+    app = create_app(run_dir, engine=engine, max_upload_mb=max_upload_mb, max_files=max_files, api_key=api_key,
+                     batching=batching, threads=threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without --api-key-file: anyone who can reach this address can use it", host)
     print(f"pneumoscan: serving {app.state.service.model_id} ({engine}) on http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # uvicorn's own access log would repeat each request; pneumoscan.requests logs it once, with the outcome.
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -18,8 +18,9 @@ from ..runs import Run
 
 CONTRACT_FILE = "preprocessing.json"
 INPUT_NAME = "image"
-MODEL_FILES = {"onnx": "model.onnx", "savedmodel": "savedmodel", "tflite": "model.tflite"}
-assert set(MODEL_FILES) == set(EXPORT_FORMATS)
+# onnx-int8: the ONNX model quantized (``export --format onnx --quantize int8``).
+MODEL_FILES = {"onnx": "model.onnx", "savedmodel": "savedmodel", "tflite": "model.tflite", "onnx-int8": "model.int8.onnx"}
+assert set(MODEL_FILES) == set(EXPORT_FORMATS) | {"onnx-int8"}
 
 
 def build_contract(run: Run) -> dict:
@@ -88,11 +89,12 @@ def read_contract(out_dir: str | Path) -> dict:
         return {}  # a damaged contract is rewritten by the next export
 
 
-def record_export(out_dir: Path, contract: dict, fmt: str, target: Path) -> None:
-    """Rewrite preprocessing.json, keeping the entries of the other formats in this folder."""
+def record_export(out_dir: Path, contract: dict, fmt: str, target: Path, details: dict | None = None) -> None:
+    """Rewrite preprocessing.json, keeping the entries of the other formats in this folder
+    (``details``: more about this export, such as the int8 quality check)."""
     exports = {name: entry for name, entry in read_contract(out_dir).get("exports", {}).items()
                if name in MODEL_FILES and name != fmt and (out_dir / MODEL_FILES[name]).exists()}
     exports[fmt] = {"file": target.name, "model_sha256": contract["model_sha256"],
                     "scope_sha256": contract.get("scope_sha256"),
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **(details or {})}
     atomic_write_json(out_dir / CONTRACT_FILE, {**contract, "exports": dict(sorted(exports.items()))})

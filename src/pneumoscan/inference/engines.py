@@ -8,6 +8,8 @@ threshold stay in ``Predictor``, so every engine yields the same calibrated outp
 - ``onnx``: the same model exported to ONNX (cached in RUN/export/model.onnx, written again
   whenever model.keras changes) and run by ONNX Runtime, which needs neither TensorFlow's
   graph tracing nor Keras at inference time.
+- ``onnx-int8``: the ONNX model with int8 convolutions (:mod:`pneumoscan.deploy.quantize`),
+  made by ``pneumoscan export RUN --format onnx --quantize int8``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ class OnnxEngine:
 
         options = ort.SessionOptions()
         if threads:
+            # One model call at a time uses every core; a second pool would only compete with it.
             options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -84,12 +89,14 @@ def classifier(model):
     return model
 
 
-def load_engine(run: Run, engine: str = "keras"):
+def load_engine(run: Run, engine: str = "keras", threads: int | None = None):
     """The object that computes raw probabilities (and the out-of-scope score) for ``run`` with ``engine``."""
     if engine == "keras":
         return keras_graph(run)
     if engine == "onnx":
-        return OnnxEngine(ensure_onnx(run))
+        return OnnxEngine(ensure_onnx(run), threads=threads)
+    if engine == "onnx-int8":
+        return OnnxEngine(current_int8(run), threads=threads)
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
@@ -127,6 +134,20 @@ def ensure_onnx(run: Run) -> Path:
     except Exception as exc:  # converters raise many types; the user needs one line naming the format
         raise ExportError(f"onnx export of {run.model_file} failed: {type(exc).__name__}: {exc}") from None
     record_export(run.export_dir, contract, "onnx", target)
+    return target
+
+
+def current_int8(run: Run) -> Path:
+    """RUN/export/model.int8.onnx, when it was quantized from today's model.keras and scope.
+
+    Never made on the fly: quantizing needs the validation images and may be refused."""
+    target = run.export_dir / MODEL_FILES["onnx-int8"]
+    recorded = read_contract(run.export_dir).get("exports", {}).get("onnx-int8", {})
+    how = f"run `pneumoscan export {run.root} --format onnx --quantize int8`"
+    if not target.is_file():
+        raise ExportError(f"{target}: not found; {how} first")
+    if recorded.get("model_sha256") != run.model_sha256() or recorded.get("scope_sha256") != scope_sha256(run):
+        raise ExportError(f"{target} was quantized from an older model.keras or scope.npz; {how} again")
     return target
 
 

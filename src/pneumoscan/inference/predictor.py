@@ -116,16 +116,18 @@ class Predictor:
         return classifier(self.model)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, engine: str = "keras", abstain: bool = False) -> "Predictor":
+    def from_run(cls, run_dir: str | Path, engine: str = "keras", abstain: bool = False,
+                 threads: int | None = None) -> "Predictor":
         """``engine``: "keras" (model.keras) or "onnx" (ONNX Runtime on RUN/export/model.onnx);
-        ``abstain``: no label for images outside the model's scope."""
+        ``abstain``: no label for images outside the model's scope; ``threads``: ONNX Runtime's
+        intra-op threads (TensorFlow's are process-wide, see ``deploy.serve.set_threads``)."""
         from .engines import engine_image_size, load_engine
 
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         run = Run(Path(run_dir))
         cfg, metrics = run.config(), run.metrics()
-        model = load_engine(run, engine)
+        model = load_engine(run, engine, threads=threads)
         # The saved model's input shape is the truth; the config must agree with it.
         size = engine_image_size(model)
         if size is not None and size != cfg.data.image_size:
@@ -185,9 +187,9 @@ class Predictor:
         # Decoding threads: Pillow and numpy release the GIL while they work.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             while chunk := list(itertools.islice(entries, batch_size)):
-                yield self._batch(chunk, pool.map(self._load, chunk))
+                yield self._batch(chunk, pool.map(self.load_entry, chunk))
 
-    def _load(self, entry: Entry) -> LoadedImage | str:
+    def load_entry(self, entry: Entry) -> LoadedImage | str:
         """The loaded image, or the reason it cannot be used."""
         if entry.error:
             return entry.error
@@ -197,6 +199,14 @@ class Predictor:
             return exc.problem
 
     def _batch(self, chunk: list[Entry], loaded: Iterable[LoadedImage | str]) -> Batch:
+        batch = self.unlabelled(chunk, loaded)
+        if batch.readable:
+            self.fill(batch.readable, *self.scores(batch.images))
+        return batch
+
+    def unlabelled(self, chunk: list[Entry], loaded: Iterable[LoadedImage | str]) -> Batch:
+        """One row per entry, the unreadable ones with their error; the pixels of the readable
+        ones, whose rows :meth:`fill` completes once the model has scored them."""
         rows, images, readable = [], [], []
         for entry, result in zip(chunk, loaded):
             row = {"path": entry.name, "probability": np.nan, "label": "", "ood_score": np.nan, "in_scope": None,
@@ -209,7 +219,10 @@ class Predictor:
                 readable.append(row)
             rows.append(row)
         stacked = np.stack(images) if images else np.zeros((0, self.image_size, self.image_size), np.uint8)
-        probs, ood = self.scores(stacked) if images else ([], None)
+        return Batch(rows, stacked, readable)
+
+    def fill(self, readable: list[dict], probs, ood) -> None:
+        """Probability, label and scope of each readable row, from the model's scores."""
         for i, (row, p) in enumerate(zip(readable, probs)):
             row["probability"] = float(p)
             row["label"] = self.label(p)
@@ -222,7 +235,6 @@ class Predictor:
                     row["warning"] = WARNING_SEPARATOR.join(w for w in (row["warning"], note) if w)
                     if self.abstain:
                         row["label"] = ""
-        return Batch(rows, stacked, readable)
 
     def label(self, probability: float) -> str:
         """The class name at this model's threshold (PNEUMONIA when p >= threshold)."""
