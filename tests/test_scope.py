@@ -59,7 +59,10 @@ def test_save_load_and_the_in_graph_score_agree(fitted, tmp_path):
     features = extract_features(model, images)
     np.testing.assert_allclose(again.score(features), scope.score(features))
     assert again.threshold == scope.threshold
-    graph = scoped_model(model, scope.means, scope.whiteners, scope.scales)
+    from pneumoscan.evaluation.scope import ORIENTATION_WEIGHT
+
+    assert scope.wrong is not None  # every fitted scope has the orientation term
+    graph = scoped_model(model, scope.means, scope.whiteners, scope.scales, scope.wrong, ORIENTATION_WEIGHT)
     probs, score = graph.predict_on_batch(images.astype("float32")[..., None])
     np.testing.assert_allclose(score, scope.score(features), rtol=2e-3)
     np.testing.assert_allclose(probs, model.predict_on_batch(images.astype("float32")[..., None]), atol=1e-6)
@@ -139,3 +142,32 @@ def test_the_app_says_when_an_image_is_out_of_scope(tiny_run, shared_data):
     (result,) = response.json()["results"]
     assert result["in_scope"] is False and result["ood_score"] > result["threshold"] * 0 and result["label"]
     assert any("outside the model's scope" in w for w in result["warnings"])
+
+
+def test_the_orientation_term_on_known_gaussians():
+    rng = np.random.default_rng(0)
+    train = [rng.normal(0, 1, (400, 3))]
+    labels = np.r_[np.zeros(200), np.ones(200)]
+    val = [rng.normal(0, 1, (200, 3))]
+    turned = [[rng.normal(0, 1, (100, 3)) + [0, 0, 4]]]  # the "upside-down" images sit nearby, on one side
+    plain = fit_scope(train, labels, val, quantile=0.95)
+    oriented = fit_scope(train, labels, val, quantile=0.95, wrong_features=turned)
+    toward, away = np.array([[0.0, 0.0, 2.5]]), np.array([[0.0, 0.0, -2.5]])
+    # Equally far from the training data either way: the plain score cannot tell them apart.
+    assert plain.score([toward])[0] == pytest.approx(plain.score([away])[0], rel=0.1)
+    assert plain.score([toward])[0] < plain.threshold
+    # Nearer the upside-down images than the upright ones: far above the threshold.
+    assert oriented.score([toward])[0] > 3 * oriented.threshold
+    assert oriented.score([away])[0] == pytest.approx(plain.score([away])[0])
+    assert oriented.score([away])[0] < oriented.threshold
+    assert np.mean(oriented.score(val) > oriented.threshold) == pytest.approx(0.05, abs=0.01)
+
+
+def test_upside_down_x_rays_score_higher_than_upright_ones(fitted):
+    model, scope, _, data = fitted
+    from pneumoscan.models.features import extract_features
+
+    upright = scope.score(extract_features(model, data.images["test"]))
+    turned = scope.score(extract_features(model, data.images["test"][:, ::-1, ::-1]))
+    assert np.median(turned) > np.median(upright)
+    assert np.mean(turned > scope.threshold) > np.mean(upright > scope.threshold)

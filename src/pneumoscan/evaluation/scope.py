@@ -7,6 +7,13 @@ distance to the nearest class mean, divided by the median of that distance on va
 that levels weigh alike; the score is the mean over levels. The threshold is the
 ``quantile`` of the validation scores (0.95: about 5% of validation images flagged).
 
+Orientation: an upside-down or vertically flipped X-ray keeps most of its texture and
+statistics, so its distance alone flags only some of them. The training images turned that
+way give one more mean per level; an image whose mean-level distance to those (``wrong``) is
+below its distance to the upright class means gets ``ORIENTATION_WEIGHT`` times the
+difference added to its score, which puts it far above the threshold. Upright images, nearer
+the upright means, keep their plain distance.
+
 Fitted at the end of training on train (statistics) and validation (scales, threshold),
 saved in the run (``scope.npz``), and compiled into the exported ONNX model as a second
 output, so an exported model keeps its scope.
@@ -21,6 +28,8 @@ import numpy as np
 from ..paths import atomic_write_npz
 
 DEFAULT_QUANTILE = 0.95
+ORIENTATION_WEIGHT = 10.0
+ORIENTATION_IMAGES = 500  # training images turned over for the wrong-orientation means
 
 
 @dataclass
@@ -33,6 +42,7 @@ class Scope:
     scales: np.ndarray
     threshold: float
     quantile: float
+    wrong: list[np.ndarray] | None = None  # per level, (K, D) means of wrongly oriented training images
 
     @property
     def whiteners(self) -> list[np.ndarray]:
@@ -41,18 +51,28 @@ class Scope:
         (f - m) P (f - m) cancels badly in float32 when P is ill-conditioned."""
         return [np.linalg.cholesky(p) for p in self.precisions]
 
+    def _nearest(self, features: list[np.ndarray], means: list[np.ndarray]) -> np.ndarray:
+        """(N, L) squared Mahalanobis distance to the nearest of ``means`` (per level), over the scales."""
+        out = []
+        for f, m, whitener in zip(features, means, self.whiteners):
+            f = np.asarray(f, dtype=np.float64)
+            out.append(np.min([np.sum(((f - mean) @ whitener) ** 2, axis=1) for mean in m], axis=0))
+        return np.stack(out, axis=1) / self.scales
+
     def distances(self, features: list[np.ndarray]) -> np.ndarray:
         """(N, L) squared Mahalanobis distance to the nearest class mean, per level."""
-        out = []
-        for f, means, whitener in zip(features, self.means, self.whiteners):
-            f = np.asarray(f, dtype=np.float64)
-            per_class = [np.sum(((f - m) @ whitener) ** 2, axis=1) for m in means]
-            out.append(np.min(per_class, axis=0))
-        return np.stack(out, axis=1)
+        return self._nearest(features, self.means) * self.scales
+
+    def combine(self, upright: np.ndarray, features: list[np.ndarray]) -> np.ndarray:
+        """The score from the (N,) mean scaled distance to the upright means, plus the orientation term."""
+        if not self.wrong:
+            return upright
+        turned = self._nearest(features, self.wrong).mean(axis=1)
+        return upright + ORIENTATION_WEIGHT * np.maximum(upright - turned, 0.0)
 
     def score(self, features: list[np.ndarray]) -> np.ndarray:
         """The out-of-scope score of each image: higher is further from the training data."""
-        return (self.distances(features) / self.scales).mean(axis=1)
+        return self.combine(self._nearest(features, self.means).mean(axis=1), features)
 
     def with_site(self, features: list[np.ndarray], labels: np.ndarray) -> tuple["Scope", np.ndarray]:
         """This scope widened to a new site: the site's class means join the training ones (the
@@ -64,7 +84,7 @@ class Scope:
         site_means = [np.stack([np.asarray(f, np.float64)[labels == c].mean(axis=0) for c in classes])
                       for f in features]
         widened = Scope([np.concatenate([m, s]) for m, s in zip(self.means, site_means)], self.precisions,
-                        self.scales, self.threshold, self.quantile)
+                        self.scales, self.threshold, self.quantile, self.wrong)
         per_level = []
         for f, means, site, whitener, scale in zip(features, self.means, site_means, self.whiteners, self.scales):
             f = np.asarray(f, np.float64)
@@ -75,7 +95,7 @@ class Scope:
                 loo = np.where(own[:, None], (n * site[k] - f) / max(n - 1, 1), site[k])
                 candidates.append(np.sum(((f - loo) @ whitener) ** 2, axis=1))
             per_level.append(np.min(candidates, axis=0) / scale)
-        scores = np.mean(per_level, axis=0)
+        scores = widened.combine(np.mean(per_level, axis=0), features)
         widened.threshold = max(self.threshold, float(np.quantile(scores, self.quantile)))
         return widened, scores
 
@@ -84,19 +104,24 @@ class Scope:
                   "quantile": np.float64(self.quantile), "levels": np.int64(len(self.means))}
         for i, (m, p) in enumerate(zip(self.means, self.precisions)):
             arrays[f"means_{i}"], arrays[f"precision_{i}"] = m, p
+        for i, w in enumerate(self.wrong or []):
+            arrays[f"wrong_{i}"] = w
         return atomic_write_npz(path, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> "Scope":
         with np.load(path) as data:
             levels = int(data["levels"])
+            # Scopes fitted before the orientation term have no wrong_* arrays: plain distances.
+            wrong = [data[f"wrong_{i}"] for i in range(levels)] if "wrong_0" in data.files else None
             return cls([data[f"means_{i}"] for i in range(levels)], [data[f"precision_{i}"] for i in range(levels)],
-                       data["scales"], float(data["threshold"]), float(data["quantile"]))
+                       data["scales"], float(data["threshold"]), float(data["quantile"]), wrong)
 
 
 def fit_scope(train_features: list[np.ndarray], train_labels: np.ndarray, val_features: list[np.ndarray],
-              quantile: float = DEFAULT_QUANTILE) -> Scope:
-    """Statistics on train, then scales and the threshold on validation."""
+              quantile: float = DEFAULT_QUANTILE, wrong_features: list[list[np.ndarray]] | None = None) -> Scope:
+    """Statistics on train, then scales and the threshold on validation. ``wrong_features``:
+    per wrong orientation, the features of training images turned that way."""
     from sklearn.covariance import LedoitWolf
 
     labels = np.asarray(train_labels)
@@ -108,7 +133,11 @@ def fit_scope(train_features: list[np.ndarray], train_labels: np.ndarray, val_fe
         centred = f - class_means[np.searchsorted(classes, labels)]
         precisions.append(LedoitWolf(assume_centered=True).fit(centred).precision_)
         means.append(class_means)
-    scope = Scope(means, precisions, np.ones(len(means)), 0.0, quantile)
+    wrong = None
+    if wrong_features:
+        wrong = [np.stack([np.asarray(turned[level], np.float64).mean(axis=0) for turned in wrong_features])
+                 for level in range(len(means))]
+    scope = Scope(means, precisions, np.ones(len(means)), 0.0, quantile, wrong)
     scope.scales = np.maximum(np.median(scope.distances(val_features), axis=0), 1e-12)
     scope.threshold = float(np.quantile(scope.score(val_features), quantile))
     return scope
@@ -127,8 +156,11 @@ def fit_model_scope(model, train_images: np.ndarray, train_labels: np.ndarray, f
     keep = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(train_labels == c))[: int(round(max_train * np.mean(train_labels == c)))]
         for c in np.unique(train_labels)]))
-    scope = fit_scope(extract_features(model, train_images[keep]), train_labels[keep], features["val"], quantile)
-    summary = {"method": "class-conditional Mahalanobis, Ledoit-Wolf, every resolution level",
+    turned = train_images[keep[rng.permutation(len(keep))[:ORIENTATION_IMAGES]]]
+    wrong = [extract_features(model, images) for images in (turned[:, ::-1, ::-1], turned[:, ::-1, :])]
+    scope = fit_scope(extract_features(model, train_images[keep]), train_labels[keep], features["val"], quantile, wrong)
+    summary = {"method": "class-conditional Mahalanobis, Ledoit-Wolf, every resolution level; orientation term "
+                         "(upside-down and top-to-bottom flipped training images)",
                "threshold": scope.threshold, "quantile": quantile, "fitted_on": {"statistics": "train", "threshold": "val"},
                "train_images": int(len(keep)), "flagged": {}, "score_quantiles": {}}
     for split, split_features in features.items():

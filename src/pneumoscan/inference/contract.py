@@ -72,7 +72,8 @@ def _scope_contract(run: Run, metrics: dict) -> dict:
                       "the classifier only)",
             "threshold": scope.get("threshold"), "flag_rate_on_validation": scope.get("flagged", {}).get("val"),
             "meaning": ("out-of-scope score: class-conditional Mahalanobis distance of the model's own features "
-                        "to the training images, every resolution level, scaled by its validation median; "
+                        "to the training images, every resolution level, scaled by its validation median, plus a "
+                        "large term when the image is nearer the training images turned upside down than upright; "
                         "an image with ood_score > threshold is unlike the training data (pediatric frontal chest "
                         "X-rays of one hospital) and its probability should not be trusted"),
         },

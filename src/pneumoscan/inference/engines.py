@@ -73,11 +73,12 @@ def load_scope(run: Run):
 
 def keras_graph(run: Run):
     """``model.keras``, with its out-of-scope score as a second output when the run has one."""
+    from ..evaluation.scope import ORIENTATION_WEIGHT
     from ..models.features import scoped_model
 
     model = load_run_model(run)
     scope = load_scope(run)
-    return scoped_model(model, scope.means, scope.whiteners, scope.scales) if scope else model
+    return scoped_model(model, scope.means, scope.whiteners, scope.scales, scope.wrong, ORIENTATION_WEIGHT) if scope else model
 
 
 def classifier(model):

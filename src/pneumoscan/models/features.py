@@ -39,21 +39,25 @@ def feature_model(model: keras.Model) -> keras.Model:
 class ScopeScore(keras.layers.Layer):
     """The out-of-scope score inside the graph, from fitted constants (see
     :mod:`pneumoscan.evaluation.scope`): per level the squared Mahalanobis distance to the
-    nearest class mean, divided by the level's validation median, averaged over levels."""
+    nearest class mean, divided by the level's validation median, averaged over levels; plus
+    ``orientation_weight`` times how much nearer the image is to the ``wrong`` (upside-down)
+    means than to the upright ones, when it is."""
 
-    def __init__(self, means, whiteners, scales, **kwargs):
+    def __init__(self, means, whiteners, scales, wrong=None, orientation_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         import numpy as np
 
         self._means = [np.asarray(m, dtype="float32") for m in means]
         self._whiteners = [np.asarray(w, dtype="float32") for w in whiteners]  # precision = W W^T
         self._scales = np.asarray(scales, dtype="float32")
+        self._wrong = [np.asarray(m, dtype="float32") for m in wrong] if wrong else None
+        self._orientation_weight = float(orientation_weight)
 
-    def call(self, features):
+    def _nearest(self, features, means_per_level):
         from keras import ops
 
         per_level = []
-        for f, means, whitener, scale in zip(features, self._means, self._whiteners, self._scales):
+        for f, means, whitener, scale in zip(features, means_per_level, self._whiteners, self._scales):
             f = ops.cast(f, "float32")
             # |(f - m) W|^2: a sum of squares, stable in float32 (see Scope.whiteners).
             distances = [ops.sum(ops.square(ops.matmul(f - ops.convert_to_tensor(m), ops.convert_to_tensor(whitener))),
@@ -61,16 +65,27 @@ class ScopeScore(keras.layers.Layer):
             per_level.append(ops.min(ops.stack(distances, axis=-1), axis=-1) / float(scale))
         return ops.mean(ops.stack(per_level, axis=-1), axis=-1)
 
+    def call(self, features):
+        from keras import ops
+
+        upright = self._nearest(features, self._means)
+        if not self._wrong:
+            return upright
+        turned = self._nearest(features, self._wrong)
+        return upright + self._orientation_weight * ops.maximum(upright - turned, 0.0)
+
     def get_config(self):
         return {**super().get_config(), "means": [m.tolist() for m in self._means],
-                "whiteners": [w.tolist() for w in self._whiteners], "scales": self._scales.tolist()}
+                "whiteners": [w.tolist() for w in self._whiteners], "scales": self._scales.tolist(),
+                "wrong": [m.tolist() for m in self._wrong] if self._wrong else None,
+                "orientation_weight": self._orientation_weight}
 
 
-def scoped_model(model: keras.Model, means, whiteners, scales) -> keras.Model:
+def scoped_model(model: keras.Model, means, whiteners, scales, wrong=None, orientation_weight: float = 0.0) -> keras.Model:
     """``image -> [probs, ood_score]``: the classifier with its out-of-scope score, one graph
     (what the Keras engine runs and the ONNX export holds)."""
     probs, *features = feature_model(model).outputs
-    score = ScopeScore(means, whiteners, scales, name="ood_score")(features)
+    score = ScopeScore(means, whiteners, scales, wrong, orientation_weight, name="ood_score")(features)
     return keras.Model(model.inputs, [probs, score], name=f"{model.name}_scoped")
 
 
