@@ -87,7 +87,8 @@ def test_finetune_moves_the_weights_and_refits_the_scope(tiny_run, site_csv, tmp
     run = pneumoscan.adapt(tiny_run.root, site_csv, tmp_path / "ft", finetune=True, epochs=2)
     info = json.loads(run.adapt_file.read_text())
     assert info["mode"] == "fine-tune + recalibrate"
-    assert set(pd.read_csv(run.splits_file)["split"]) == {"train", "val", "test"}
+    assert set(pd.read_csv(run.splits_file)["split"]) == {"val", "test"}
+    assert "out-of-fold" in info["calibration"] and info["site"]["calibration_images"] == info["site"]["adapt_images"]
     parent = keras.saving.load_model(tiny_run.model_file, compile=False)
     child = keras.saving.load_model(run.model_file, compile=False)
     moved = [not np.allclose(a, b) for a, b in zip(parent.get_weights(), child.get_weights())]

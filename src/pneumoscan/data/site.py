@@ -28,7 +28,7 @@ SHOWN_PROBLEMS = 10
 
 @dataclass
 class SiteData:
-    records: pd.DataFrame  # path, label, patient_id, part ("adapt" or "eval"; "tune"/"calibrate" with fine-tuning)
+    records: pd.DataFrame  # path, label, patient_id, part ("adapt" or "eval"; "fold1"/"fold2" with fine-tuning)
     images: np.ndarray  # (N, S, S) uint8, in records order
     source: str
     sha256: str
@@ -104,8 +104,8 @@ def check_site(path: Path, records: pd.DataFrame) -> None:
 
 def split_site(site: SiteData, holdout: float, seed: int, finetune: bool) -> SiteData:
     """Patients held out to evaluate (``eval``); the rest adapt. With fine-tuning the adapting
-    patients are split again: ``tune`` trains, ``calibrate`` fits temperature and threshold,
-    so the calibration never sees images the weights were fitted to."""
+    patients are split again into two folds (``fold1``, ``fold2``) for cross-fitting
+    (:mod:`pneumoscan.training.adapt`)."""
     records = site.records.copy()
     labels, patients = records["label"].to_numpy(), records["patient_id"].to_numpy()
     try:
@@ -113,10 +113,10 @@ def split_site(site: SiteData, holdout: float, seed: int, finetune: bool) -> Sit
         records["part"] = np.where(held, "eval", "adapt")
         if finetune:
             rest = ~held
-            tune = np.zeros(len(records), dtype=bool)
-            tune[rest] = grouped_holdout(labels[rest], patients[rest], 0.5, seed + 1)
-            records.loc[tune, "part"] = "tune"
-            records.loc[rest & ~tune, "part"] = "calibrate"
+            first = np.zeros(len(records), dtype=bool)
+            first[rest] = grouped_holdout(labels[rest], patients[rest], 0.5, seed + 1)
+            records.loc[first, "part"] = "fold1"
+            records.loc[rest & ~first, "part"] = "fold2"
     except ValueError as exc:
         raise DataSourceError(f"{site.source}: {exc}") from None
     return SiteData(records, site.images, site.source, site.sha256, site.skipped)

@@ -32,8 +32,8 @@ SPLIT_NOTES = {
     "kaggle_val": "Kermany's 16-image val folder, for information only",
 }
 ADAPTED_SPLIT_NOTES = {  # a run made by `pneumoscan adapt`: every split is the new site's
-    "train": "site images the batch norm and head were fine-tuned on",
-    "val": "site images that refitted temperature, threshold and scope",
+    "val": "site images that adapted the model (temperature, threshold, scope; with --finetune also "
+           "batch norm and head, cross-fitted)",
     "test": "site images held out by patient, reported only",
 }
 METRIC_COLUMNS = (  # (key in metrics.json, column title)

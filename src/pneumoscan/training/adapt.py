@@ -6,10 +6,14 @@ The site's patients are split in two: one part adapts, the other is held out, an
 parent model (before) and the adapted one (after) are both measured on the held-out part,
 so the site figures are honest. Adapting means, in order:
 
-1. ``--finetune`` only: the batch-norm statistics and the classifier head are trained on half
-   of the adapting patients (``tune``), everything else frozen.
-2. Temperature and threshold are refitted, with the parent's threshold rule, on the other
-   adapting images (all of them without fine-tuning).
+1. ``--finetune`` only: the batch-norm statistics and the classifier head are trained on the
+   adapting images, everything else frozen. Calibrating on the very images a model was tuned
+   on would make it look surer than it is, and keeping half of a hundred images aside would
+   leave a threshold estimated from fifty: so the adapting patients are split in two folds,
+   a model tuned on each fold scores the other (out-of-fold probabilities for every adapting
+   image), and the model kept is tuned on both folds (cross-fitting).
+2. Temperature and threshold are refitted, with the parent's threshold rule, on the adapting
+   images (their out-of-fold probabilities with ``--finetune``).
 3. The out-of-scope statistics take the site in (:meth:`Scope.with_site`). After fine-tuning
    the features have moved, so the parent's training images are scored again (the parent's
    data must be at hand); without it, nothing of the parent's data is needed.
@@ -41,7 +45,7 @@ from ..paths import atomic_write, atomic_write_json
 from ..runs import Run, environment
 
 # Which split of the adapted run each part of the site set becomes (splits.csv, metrics.json).
-PART_SPLITS = {"tune": "train", "adapt": "val", "calibrate": "val", "eval": "test"}
+PART_SPLITS = {"adapt": "val", "fold1": "val", "fold2": "val", "eval": "test"}
 
 
 @dataclass
@@ -79,21 +83,16 @@ def adapt_run(parent_dir: str | Path, site_path: str | Path, out: str | Path,
     before = split_report(y_eval, apply_temperature(raw_before, temperature), parent_metrics["threshold"]["value"], cfg)
 
     history = None
+    x_fit, y_fit = site.part("fold1", "fold2") if s.finetune else site.part("adapt")
     if s.finetune:
-        from .finetune import finetune
-
-        x_tune, y_tune = site.part("tune")
-        x_cal, y_cal = site.part("calibrate")
-        history = finetune(model, cfg, (x_tune, y_tune), (x_cal, y_cal), s.epochs, s.learning_rate, s.seed)
+        model, raw_fit, history = _crossfit(parent, cfg, site, s)
         features = {"val": extract_outputs(model, parent_prepared.images["val"])[1]}
         base, _ = fit_model_scope(model, parent_prepared.images["train"], parent_prepared.labels["train"], features,
                                   quantile=Scope.load(parent.scope_file).quantile)
+        features_fit = extract_outputs(model, x_fit)[1]
     else:
         base = Scope.load(parent.scope_file)
-
-    fit_part = ("calibrate",) if s.finetune else ("adapt",)
-    x_fit, y_fit = site.part(*fit_part)
-    raw_fit, features_fit = extract_outputs(model, x_fit)
+        raw_fit, features_fit = extract_outputs(model, x_fit)
     raw_eval, features_eval = extract_outputs(model, x_eval)
     labels, raw = {"val": y_fit, "test": y_eval}, {"val": raw_fit, "test": raw_eval}
     temperature, probs, ece = calibrate(labels, raw)
@@ -119,11 +118,30 @@ def adapt_run(parent_dir: str | Path, site_path: str | Path, out: str | Path,
         "mode": "fine-tune + recalibrate" if s.finetune else "recalibrate",
         "settings": asdict(s), "site": {**site.summary(), "adapt_images": int((site.records["part"] != "eval").sum()),
                  "calibration_images": int(len(y_fit)), "eval_images": int(len(y_eval))},
+        "calibration": ("temperature and threshold on the out-of-fold probabilities of the adapting images "
+                        "(2 folds by patient)") if s.finetune else "temperature and threshold on the adapting images",
         "before": before, "after": metrics["test"],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     metrics["adapt"] = {"parent": info["parent"], "mode": info["mode"], "before": before}
     return _write_run(parent, out, model if s.finetune else None, site, metrics, probs, raw, ood, scope, info, history)
+
+
+def _crossfit(parent: Run, cfg, site: SiteData, s: AdaptSettings):
+    """(model tuned on both folds, out-of-fold raw probabilities of the adapting images in
+    ``site.part("fold1", "fold2")`` order, the kept model's history)."""
+    from .finetune import finetune
+
+    adapting = site.records["part"].isin(("fold1", "fold2")).to_numpy()
+    fold_of = site.records.loc[adapting, "part"].to_numpy()
+    out_of_fold = np.zeros(int(adapting.sum()))
+    for k, (tuned, scored) in enumerate((("fold1", "fold2"), ("fold2", "fold1"))):
+        model = load_run_model(parent)
+        finetune(model, cfg, site.part(tuned), site.part(scored), s.epochs, s.learning_rate, s.seed + k)
+        out_of_fold[fold_of == scored] = extract_outputs(model, site.part(scored)[0])[0]
+    model = load_run_model(parent)
+    history = finetune(model, cfg, site.part("fold1", "fold2"), None, s.epochs, s.learning_rate, s.seed)
+    return model, out_of_fold, history
 
 
 def _parent_data(parent: Run, s: AdaptSettings):

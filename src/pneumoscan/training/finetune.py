@@ -21,10 +21,11 @@ from .pipeline import eval_dataset, training_dataset
 BATCHNORM_MOMENTUM = 0.9  # training used 0.99: a few dozen steps must be able to move the statistics
 
 
-def finetune(model: keras.Model, cfg: Config, tune: tuple[np.ndarray, np.ndarray], check: tuple[np.ndarray, np.ndarray],
-             epochs: int, learning_rate: float, seed: int) -> pd.DataFrame:
-    """Train ``model`` in place on ``tune`` (images, labels); ``check`` is only watched (the
-    curves), never used to choose. Returns the per-epoch history, as history.csv holds it."""
+def finetune(model: keras.Model, cfg: Config, tune: tuple[np.ndarray, np.ndarray],
+             check: tuple[np.ndarray, np.ndarray] | None, epochs: int, learning_rate: float, seed: int) -> pd.DataFrame:
+    """Train ``model`` in place on ``tune`` (images, labels); ``check``, if given, is only
+    watched (the curves), never used to choose. Returns the per-epoch history, as history.csv
+    holds it."""
     keras.utils.set_random_seed(seed)
     names = [layer.name for layer in model.layers]
     head_start = names.index(feature_layers(model)[-1]) + 1
@@ -39,7 +40,7 @@ def finetune(model: keras.Model, cfg: Config, tune: tuple[np.ndarray, np.ndarray
     x, y = tune
     batch = int(min(cfg.train.batch_size, max(8, len(x) // 4)))
     history = model.fit(training_dataset(x, y, batch, build_augmenter(cfg.augment, seed), seed),
-                        validation_data=eval_dataset(*check, 128), epochs=epochs,
+                        validation_data=eval_dataset(*check, 128) if check else None, epochs=epochs,
                         class_weight=class_weights(y, "balanced"), verbose=0)
     for layer in model.layers:
         layer.trainable = True  # saved as an ordinary, fully trainable model
