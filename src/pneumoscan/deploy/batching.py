@@ -46,11 +46,14 @@ class BatchQueue:
 
     def __init__(self, score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
                  max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-                 max_queue: int = DEFAULT_MAX_QUEUE):
+                 max_queue: int = DEFAULT_MAX_QUEUE, pad: bool = False):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and max_queue must be at least 1 and max_wait_ms not negative")
         self.score, self.max_batch, self.max_wait = score, max_batch, max_wait_ms / 1000.0
         self.max_queue = max_queue
+        # A traced graph (Keras) is traced again for every new batch size: padding each batch to
+        # a power of two bounds that to a handful of sizes, all traced by warm_up() at start.
+        self.pad = pad
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._room = threading.BoundedSemaphore(max_queue)  # images queued or being scored
         self.batches = self.images = 0  # counters for /health and the benchmark
@@ -78,6 +81,29 @@ class BatchQueue:
             futures.append(future)
         return futures
 
+    def sizes(self) -> list[int]:
+        """The batch sizes the model is called with: powers of two up to max_batch (and max_batch)."""
+        if not self.pad:
+            return []
+        out, size = [], 1
+        while size < self.max_batch:
+            out.append(size)
+            size *= 2
+        return out + [self.max_batch]
+
+    def warm_up(self, image_shape: tuple[int, ...]) -> None:
+        """Call the model once at every batch size it will see, before the first request."""
+        for size in self.sizes():
+            self.score(np.zeros((size, *image_shape), np.uint8))
+
+    def _padded(self, images: np.ndarray) -> np.ndarray:
+        if not self.pad:
+            return images
+        size = next(s for s in self.sizes() if s >= len(images))
+        if size == len(images):
+            return images
+        return np.concatenate([images, np.zeros((size - len(images), *images.shape[1:]), images.dtype)])
+
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=10)
@@ -101,7 +127,7 @@ class BatchQueue:
         while (first := self._queue.get()) is not None:
             items = self._collect(first)
             try:
-                probs, ood = self.score(np.stack([item.image for item in items]))
+                probs, ood = self.score(self._padded(np.stack([item.image for item in items])))
                 for i, item in enumerate(items):
                     item.future.set_result((float(probs[i]), None if ood is None else float(ood[i])))
             except Exception as exc:  # every waiting request learns of it; the worker goes on

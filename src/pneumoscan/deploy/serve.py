@@ -39,7 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 
 from ..inference.predictor import WARNING_SEPARATOR, Entry, Predictor
@@ -110,7 +110,8 @@ class ModelService:
         self.model_id = self.run.model_id()
         self.batching = batching or Batching()
         self.queue = BatchQueue(self.predictor.scores, self.batching.max_batch, self.batching.max_wait_ms,
-                                self.batching.max_queue)
+                                self.batching.max_queue, pad=engine == "keras")
+        self.queue.warm_up((self.predictor.image_size, self.predictor.image_size))
         self._keras_model = self.predictor.classifier if engine == "keras" else None
         self._explainer = None
         self._lock = threading.RLock()
@@ -230,6 +231,33 @@ def _limited_receive(receive, max_bytes: int):
     return limited
 
 
+class GuardAndLog:
+    """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs every request a task and a
+    stream): the API key check on ``/api/*``, and one log line per request."""
+
+    def __init__(self, app, api_key: ApiKey | None, model_id: str):
+        self.app, self.api_key, self.model_id = app, api_key, model_id
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if self.api_key is not None and scope["path"].startswith("/api/") and not self.api_key.allows(Headers(scope=scope)):
+            response = JSONResponse({"error": "missing or wrong API key: send the header 'Authorization: Bearer <key>'"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send_and_note)
+        else:
+            await self.app(scope, receive, send_and_note)
+        request_log.info("%s %s %d %.0fms model=%s files=%s", scope["method"], scope["path"], status[0],
+                         1000 * (time.perf_counter() - started), self.model_id, scope.get("pneumoscan_files", "-"))
+
+
 def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_files: int = DEFAULT_MAX_FILES, service: ModelService | None = None, api_key: ApiKey | None = None,
                batching: Batching | None = None, threads: int | None = None):
@@ -252,18 +280,7 @@ def create_app(run_dir: str | Path, engine: str = "keras", max_upload_mb: float 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    @app.middleware("http")
-    async def guard_and_log(request: Request, call_next):
-        started = time.perf_counter()
-        if api_key is not None and request.url.path.startswith("/api/") and not api_key.allows(request):
-            response = error(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                             {"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        request_log.info(
-            "%s %s %d %.0fms model=%s files=%s", request.method, request.url.path, response.status_code,
-            1000 * (time.perf_counter() - started), service.model_id, request.scope.get("pneumoscan_files", "-"))
-        return response
+    app.add_middleware(GuardAndLog, api_key=api_key, model_id=service.model_id)
 
     @app.exception_handler(TooManyImages)
     async def too_many(request, exc):
