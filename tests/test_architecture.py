@@ -210,3 +210,18 @@ def test_every_pneumoscan_import_in_benchmarks_tests_and_the_notebook_resolves()
                         except ImportError as exc:
                             broken.append(f"{path.name}:{node.lineno}: {exc}")
     assert len(sources) > 20 and not broken, "\n".join(broken)
+
+
+def test_benchmarks_import_only_names_their_neighbours_define():
+    """``from quality import x`` in one benchmark script must name something quality.py defines
+    (benchmarks run by hand, so nothing else would notice a name that moved)."""
+    folder = SRC.parents[1] / "benchmarks"
+    scripts = {p.stem: ast.parse(p.read_text()) for p in folder.glob("*.py")}
+    defined = {name: {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+               | {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+               for name, tree in scripts.items()}
+    broken = [f"{name}.py:{node.lineno}: {node.module} has no {alias.name}"
+              for name, tree in scripts.items() for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) and node.module in scripts
+              for alias in node.names if alias.name not in defined[node.module]]
+    assert not broken, "\n".join(broken)
