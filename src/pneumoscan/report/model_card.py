@@ -160,7 +160,7 @@ def render_model_card(run_dir: str | Path) -> str:
               "- **Adults and other hospitals.** Trained on one hospital's children: tried on adult X-rays from another "
               "country, an earlier default model called most healthy adults PNEUMONIA and ranked the groups worse than "
               "chance. The out-of-scope score flags such images (pneumoscan's benchmark: 98.4% of 246 adult X-rays "
-              "flagged, against 4.2% of the Kermany test split; `benchmarks/results/scope.md`).",
+              "flagged, against 4.3% of the Kermany test split; `benchmarks/results/scope.md`).",
               "- **Thresholds do not transfer between sites.** A new site's normal images often score higher: "
               "specificity drops first. Recalibrate (below) before use.",
               "- **Lateral views.** Not in the training data, and not measured (no openly licensed set was at hand); "
