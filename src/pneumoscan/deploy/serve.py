@@ -166,10 +166,6 @@ class ModelService:
             await run_in_threadpool(self._add_gradcam, readable)
         return results
 
-    def analyse(self, uploads: list[tuple[str, bytes]], with_gradcam: bool) -> list[dict]:
-        """:meth:`analyse_async` for callers outside an event loop."""
-        return asyncio.run(self.analyse_async(uploads, with_gradcam))
-
     def close(self) -> None:
         self.queue.close()
 

@@ -70,10 +70,6 @@ def read_extra_scores(run: Run) -> pd.DataFrame:
     return table
 
 
-def flagged_rates(groups: Mapping[str, np.ndarray], threshold: float) -> dict[str, float]:
-    return {name: float(np.mean(np.asarray(s) > threshold)) for name, s in groups.items() if len(s)}
-
-
 def plot_scope_scores(groups: Mapping[str, np.ndarray], threshold: float, out: str | Path) -> Path:
     """One histogram per group on a shared log-scaled axis, and the threshold line."""
     from .plots import _new_figure, _save, _styled
