@@ -21,6 +21,7 @@ output, so an exported model keeps its scope.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ class Scope:
     quantile: float
     wrong: list[np.ndarray] | None = None  # per level, (K, D) means of wrongly oriented training images
 
-    @property
+    @cached_property  # the precisions never change after fitting; every score needs these
     def whiteners(self) -> list[np.ndarray]:
         """Per level, L with precision = L L^T: the distance is then |(f - m) L|^2, a sum of
         squares, which float32 graphs (Keras, ONNX Runtime) compute alike; the quadratic form
@@ -85,17 +86,16 @@ class Scope:
                       for f in features]
         widened = Scope([np.concatenate([m, s]) for m, s in zip(self.means, site_means)], self.precisions,
                         self.scales, self.threshold, self.quantile, self.wrong)
-        per_level = []
-        for f, means, site, whitener, scale in zip(features, self.means, site_means, self.whiteners, self.scales):
+        # Nearest of the training means, or of the site's means with each image's own class left out.
+        per_level = self._nearest(features, self.means)
+        for level, (f, site, whitener, scale) in enumerate(zip(features, site_means, self.whiteners, self.scales)):
             f = np.asarray(f, np.float64)
-            candidates = [np.sum(((f - m) @ whitener) ** 2, axis=1) for m in means]
             for k, c in enumerate(classes):
                 own, n = labels == c, int(np.sum(labels == c))
                 # Leave-one-out mean of the image's own class: (n m - f) / (n - 1).
                 loo = np.where(own[:, None], (n * site[k] - f) / max(n - 1, 1), site[k])
-                candidates.append(np.sum(((f - loo) @ whitener) ** 2, axis=1))
-            per_level.append(np.min(candidates, axis=0) / scale)
-        scores = widened.combine(np.mean(per_level, axis=0), features)
+                per_level[:, level] = np.minimum(per_level[:, level], np.sum(((f - loo) @ whitener) ** 2, axis=1) / scale)
+        scores = widened.combine(per_level.mean(axis=1), features)
         widened.threshold = max(self.threshold, float(np.quantile(scores, self.quantile)))
         return widened, scores
 
@@ -162,9 +162,13 @@ def fit_model_scope(model, train_images: np.ndarray, train_labels: np.ndarray, f
     summary = {"method": "class-conditional Mahalanobis, Ledoit-Wolf, every resolution level; orientation term "
                          "(upside-down and top-to-bottom flipped training images)",
                "threshold": scope.threshold, "quantile": quantile, "fitted_on": {"statistics": "train", "threshold": "val"},
-               "train_images": int(len(keep)), "flagged": {}, "score_quantiles": {}}
-    for split, split_features in features.items():
-        scores = scope.score(split_features)
-        summary["flagged"][split] = float(np.mean(scores > scope.threshold))
-        summary["score_quantiles"][split] = {q: float(np.quantile(scores, float(q))) for q in ("0.05", "0.5", "0.95")}
+               "train_images": int(len(keep)),
+               **flag_summary(scope, {split: scope.score(f) for split, f in features.items()})}
     return scope, summary
+
+
+def flag_summary(scope: Scope, scores: dict[str, np.ndarray]) -> dict:
+    """For metrics.json: the share of each split's images flagged, and the score's quantiles."""
+    return {"flagged": {split: float(np.mean(s > scope.threshold)) for split, s in scores.items()},
+            "score_quantiles": {split: {q: float(np.quantile(s, float(q))) for q in ("0.05", "0.5", "0.95")}
+                                for split, s in scores.items()}}

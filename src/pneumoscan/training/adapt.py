@@ -38,7 +38,7 @@ from ..data.site import SiteData, read_site, split_site
 from ..errors import RunError
 from ..evaluation import calibrate, compute_metrics, split_report
 from ..evaluation.calibration import apply_temperature
-from ..evaluation.scope import Scope, fit_model_scope
+from ..evaluation.scope import Scope, fit_model_scope, flag_summary
 from ..models.features import extract_outputs
 from ..models.predict import load_run_model
 from ..paths import atomic_write, atomic_write_json
@@ -105,11 +105,8 @@ def adapt_run(parent_dir: str | Path, site_path: str | Path, out: str | Path,
         "threshold": scope.threshold, "quantile": scope.quantile,
         "fitted_on": {"statistics": "parent train + site (val)", "threshold": "parent val, raised to the site's "
                       "leave-one-out quantile when that is higher"},
-        "parent_threshold": base.threshold,
-        "flagged": {split: float(np.mean(score > scope.threshold)) for split, score in ood.items()},
+        "parent_threshold": base.threshold, **flag_summary(scope, ood),
         "flagged_leave_one_out": {"val": float(np.mean(site_scores > scope.threshold))},
-        "score_quantiles": {split: {q: float(np.quantile(score, float(q))) for q in ("0.05", "0.5", "0.95")}
-                            for split, score in ood.items()},
     }
     metrics["model"], metrics["image_size"] = cfg.model.name, cfg.data.image_size
     metrics["training"] = parent_metrics.get("training")
