@@ -85,18 +85,22 @@ def evaluate_prepared(run: Run, model, prepared: PreparedData, cfg: Config, trai
     elif run.metrics_file.is_file():
         metrics["training"] = run.metrics().get("training")
     atomic_write_json(run.metrics_file, metrics)
-    splits = prepared.splits
+    ood = {split: scope.score(features[split]) for split in probs}
+    write_predictions(run, prepared.splits, probs, raw, ood, metrics["threshold"]["value"])
+    return metrics
+
+
+def write_predictions(run: Run, splits: pd.DataFrame, probs: dict, raw: dict, ood: dict, threshold: float) -> None:
+    """predictions.csv: one row per evaluated image of ``splits`` (path, label, split), in its order."""
     rows = []
     for split, p in probs.items():
         part = splits[splits["split"] == split]
         rows.append(pd.DataFrame({
-            "path": part["path"].to_numpy(), "split": split, "label": part["label"].to_numpy(),
-            "probability": p, "raw_probability": raw[split], "predicted": (p >= metrics["threshold"]["value"]).astype(int),
-            "ood_score": scope.score(features[split]),
+            "path": part["path"].to_numpy(), "split": split, "label": part["label"].to_numpy(), "probability": p,
+            "raw_probability": raw[split], "predicted": (p >= threshold).astype(int), "ood_score": ood[split],
         }))
     table = pd.concat(rows, ignore_index=True)
     atomic_write(run.predictions_file, lambda tmp: table.to_csv(tmp, index=False))
-    return metrics
 
 
 def shift_stress(model, prepared: PreparedData, temperature: float, threshold: float) -> dict:

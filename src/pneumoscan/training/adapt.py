@@ -36,7 +36,7 @@ import pandas as pd
 
 from ..data.site import SiteData, read_site, split_site
 from ..errors import RunError
-from ..evaluation import calibrate, compute_metrics, split_report
+from ..evaluation import calibrate, compute_metrics, split_report, write_predictions
 from ..evaluation.calibration import apply_temperature
 from ..evaluation.scope import Scope, fit_model_scope, flag_summary
 from ..models.features import extract_outputs
@@ -169,15 +169,7 @@ def _write_run(parent: Run, out: Path, model, site: SiteData, metrics: dict, pro
             shutil.copyfile(parent.history_file, staging.history_file)
         records = site.records.assign(split=site.records["part"].map(PART_SPLITS))
         atomic_write(staging.splits_file, lambda tmp: records[["path", "label", "split", "patient_id"]].to_csv(tmp, index=False))
-        rows = []
-        for split in ("val", "test"):
-            part = records[records["split"] == split]
-            rows.append(pd.DataFrame({
-                "path": part["path"].to_numpy(), "split": split, "label": part["label"].to_numpy(),
-                "probability": probs[split], "raw_probability": raw[split],
-                "predicted": (probs[split] >= metrics["threshold"]["value"]).astype(int), "ood_score": ood[split]}))
-        table = pd.concat(rows, ignore_index=True)
-        atomic_write(staging.predictions_file, lambda tmp: table.to_csv(tmp, index=False))
+        write_predictions(staging, records, probs, raw, ood, metrics["threshold"]["value"])
         scope.save(staging.scope_file)
         atomic_write_json(staging.environment_file, environment())
         atomic_write_json(staging.metrics_file, metrics)
