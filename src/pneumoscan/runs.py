@@ -118,6 +118,10 @@ class Run:
     def model_sha256(self) -> str:
         return file_sha256(self.require_model())
 
+    def scope_sha256(self) -> str | None:
+        """The fitted out-of-scope statistics' hash (None for a run without them)."""
+        return file_sha256(self.scope_file) if self.scope_file.is_file() else None
+
     def model_id(self) -> str:
         """The run folder's name plus a short hash of its model.keras: names exactly one model."""
         return f"{self.root.name}-{self.model_sha256()[:12]}"

@@ -60,13 +60,12 @@ def build_contract(run: Run) -> dict:
 
 def _scope_contract(run: Run, metrics: dict) -> dict:
     """How an exported model says an image is out of scope (runs trained before scopes: nothing)."""
-    if not run.scope_file.is_file():
+    digest = run.scope_sha256()
+    if digest is None:
         return {}
-    from ..runs import file_sha256
-
     scope = metrics.get("scope", {})
     return {
-        "scope_sha256": file_sha256(run.scope_file),
+        "scope_sha256": digest,
         "scope": {
             "output": "second output of model.onnx: ood_score, shape [None] (SavedModel and TFLite exports hold "
                       "the classifier only)",
@@ -78,6 +77,13 @@ def _scope_contract(run: Run, metrics: dict) -> dict:
                         "X-rays of one hospital) and its probability should not be trusted"),
         },
     }
+
+
+def export_is_current(run: Run, fmt: str) -> bool:
+    """Whether RUN/export holds ``fmt``'s file made from the run's present model.keras and scope.npz."""
+    recorded = read_contract(run.export_dir).get("exports", {}).get(fmt, {})
+    return ((run.export_dir / MODEL_FILES[fmt]).exists() and recorded.get("model_sha256") == run.model_sha256()
+            and recorded.get("scope_sha256") == run.scope_sha256())
 
 
 def read_contract(out_dir: str | Path) -> dict:

@@ -23,7 +23,7 @@ from ..models.predict import load_run_model, model_image_size
 from ..options import ENGINES
 from ..paths import atomic_write
 from ..runs import Run
-from .contract import INPUT_NAME, MODEL_FILES, build_contract, read_contract, record_export
+from .contract import INPUT_NAME, MODEL_FILES, build_contract, export_is_current, record_export
 
 
 class OnnxEngine:
@@ -120,10 +120,8 @@ def write_onnx(model, target: Path) -> None:
 
 def ensure_onnx(run: Run) -> Path:
     """RUN/export/model.onnx, exported on first use and again whenever model.keras or scope.npz changes."""
-    digest = run.model_sha256()
     target = run.export_dir / MODEL_FILES["onnx"]
-    recorded = read_contract(run.export_dir).get("exports", {}).get("onnx", {})
-    if target.is_file() and recorded.get("model_sha256") == digest and recorded.get("scope_sha256") == scope_sha256(run):
+    if export_is_current(run, "onnx"):
         return target
     contract = build_contract(run)
     run.export_dir.mkdir(parents=True, exist_ok=True)
@@ -143,16 +141,9 @@ def current_int8(run: Run) -> Path:
 
     Never made on the fly: quantizing needs the validation images and may be refused."""
     target = run.export_dir / MODEL_FILES["onnx-int8"]
-    recorded = read_contract(run.export_dir).get("exports", {}).get("onnx-int8", {})
     how = f"run `pneumoscan export {run.root} --format onnx --quantize int8`"
     if not target.is_file():
         raise ExportError(f"{target}: not found; {how} first")
-    if recorded.get("model_sha256") != run.model_sha256() or recorded.get("scope_sha256") != scope_sha256(run):
+    if not export_is_current(run, "onnx-int8"):
         raise ExportError(f"{target} was quantized from an older model.keras or scope.npz; {how} again")
     return target
-
-
-def scope_sha256(run: Run) -> str | None:
-    from ..runs import file_sha256
-
-    return file_sha256(run.scope_file) if run.scope_file.is_file() else None
