@@ -52,8 +52,9 @@ class BatchQueue:
         self.score, self.max_batch, self.max_wait = score, max_batch, max_wait_ms / 1000.0
         self.max_queue = max_queue
         # A traced graph (Keras) is traced again for every new batch size: padding each batch to
-        # a power of two bounds that to a handful of sizes, all traced by warm_up() at start.
-        self.pad = pad
+        # a power of two (or max_batch) bounds that to a handful of sizes, all traced by warm_up().
+        powers = [2 ** i for i in range(max_batch.bit_length()) if 2 ** i < max_batch]
+        self.sizes = powers + [max_batch] if pad else []  # the batch sizes the model is called with
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._room = threading.BoundedSemaphore(max_queue)  # images queued or being scored
         self.batches = self.images = 0  # counters for /health and the benchmark
@@ -81,25 +82,15 @@ class BatchQueue:
             futures.append(future)
         return futures
 
-    def sizes(self) -> list[int]:
-        """The batch sizes the model is called with: powers of two up to max_batch (and max_batch)."""
-        if not self.pad:
-            return []
-        out, size = [], 1
-        while size < self.max_batch:
-            out.append(size)
-            size *= 2
-        return out + [self.max_batch]
-
     def warm_up(self, image_shape: tuple[int, ...]) -> None:
         """Call the model once at every batch size it will see, before the first request."""
-        for size in self.sizes():
+        for size in self.sizes:
             self.score(np.zeros((size, *image_shape), np.uint8))
 
     def _padded(self, images: np.ndarray) -> np.ndarray:
-        if not self.pad:
+        if not self.sizes:
             return images
-        size = next(s for s in self.sizes() if s >= len(images))
+        size = next(s for s in self.sizes if s >= len(images))
         if size == len(images):
             return images
         return np.concatenate([images, np.zeros((size - len(images), *images.shape[1:]), images.dtype)])

@@ -42,19 +42,21 @@ class _Reader:
         return next(self._batches, None)
 
 
-def validation_images(run: Run) -> np.ndarray:
+def validation_set(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """The run's validation images and labels, every one of them (the int8 check needs them all)."""
     import pandas as pd
 
     from ..report.images import images_for_report
 
-    cfg = run.config()
-    splits = pd.read_csv(run.splits_file)
-    paths = splits.loc[splits["split"] == "val", "path"].tolist()
-    images, kept = images_for_report(paths, cfg)
+    val = pd.read_csv(run.splits_file).query("split == 'val'")
+    images, kept = images_for_report(val["path"].tolist(), run.config())
     if len(kept) < 20:
-        raise ExportError(f"int8 calibration needs the run's validation images; only {len(kept)} of {len(paths)} "
+        raise ExportError(f"int8 calibration needs the run's validation images; only {len(kept)} of {len(val)} "
                           f"listed in {run.splits_file} could be read (has the data moved?)")
-    return images
+    if len(kept) != len(val):
+        raise ExportError(f"{run.splits_file}: {len(val) - len(kept)} validation images could not be read; "
+                          "the int8 check needs every one")
+    return images, val["label"].to_numpy()
 
 
 def quantize_int8(run_dir: str | Path, out: str | Path | None = None, min_agreement: float = MIN_AGREEMENT,
@@ -72,8 +74,7 @@ def quantize_int8(run_dir: str | Path, out: str | Path | None = None, min_agreem
     float_path = export(run.root, "onnx", out_dir)
     metrics = run.metrics()
     temperature, threshold = metrics["calibration"]["temperature"], metrics["threshold"]["value"]
-    images = validation_images(run)
-    labels = _validation_labels(run, len(images))
+    images, labels = validation_set(run)
     rng = np.random.default_rng(0)
     sample = images[np.sort(rng.permutation(len(images))[:CALIBRATION_IMAGES])] if calibration is None else calibration
     float_engine = OnnxEngine(float_path)
@@ -110,12 +111,3 @@ def quantize_int8(run_dir: str | Path, out: str | Path | None = None, min_agreem
     record_export(out_dir, build_contract(run), "onnx-int8", target, details={"check": check})
     return target
 
-
-def _validation_labels(run: Run, expected: int) -> np.ndarray:
-    import pandas as pd
-
-    labels = pd.read_csv(run.splits_file).query("split == 'val'")["label"].to_numpy()
-    if len(labels) != expected:
-        raise ExportError(f"{run.splits_file}: {len(labels) - expected} validation images could not be read; "
-                          "the int8 check needs every one")
-    return labels
