@@ -19,12 +19,11 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from child import run_child  # benchmarks/ is on sys.path when this script runs
 from pneumoscan.runs import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,14 +46,7 @@ def run_recipe(name: str, overrides: list[str], data: str, out: Path, epochs: in
     cli = Path(sys.executable).parent / "pneumoscan"
     command = [str(cli), "train", "--data", data, "--out", str(out / name), "--source", "kermany",
                "--epochs", str(epochs), *[a for o in overrides for a in ("--set", o)]]
-    start = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed (exit {proc.returncode}); see {out / f'{name}.log'}")
+    wall, rss = run_child(name, command, out / f"{name}.log")
     metrics = json.loads((out / name / "metrics.json").read_text())
     stress, training = metrics["shift_stress"], metrics["training"]
     return {
@@ -66,7 +58,7 @@ def run_recipe(name: str, overrides: list[str], data: str, out: Path, epochs: in
         "stress_roc_auc": stress["roc_auc"],
         "train_minutes": training["train_seconds"] / 60, "wall_minutes": wall / 60,
         "epochs_run": training["epochs_run"], "best_epoch": training["best_epoch"],
-        "peak_rss_gb": usage.ru_maxrss / 1024 ** 2,  # ru_maxrss is in KiB on Linux
+        "peak_rss_gb": rss,
         # Runs before the precision probe existed trained with auto = float32.
         "precision": training.get("precision") or "float32",
     }

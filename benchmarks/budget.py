@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from child import run_child  # benchmarks/ is on sys.path when this script runs
 
 RESULTS = Path(__file__).parent / "results"
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -115,17 +115,6 @@ def original_child(splits_csv: Path, minutes: float, out: Path, seed: int) -> No
 
 
 # ------------------------------------------------------------------ the benchmark
-def run_child(command: list[str], log: Path, env: dict) -> tuple[float, float]:
-    """(wall seconds, peak resident GB) of a child process."""
-    start = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{command[0]} failed; see {log}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024 ** 2
-
-
 def first_reaching(history: list[dict], target: float) -> float | None:
     return next((h["seconds"] for h in history if h["val_auc"] >= target - 1e-12), None)
 
@@ -172,7 +161,7 @@ def measure(args, argv) -> dict:
     command = [str(cli), "train", "--data", args.data, "--out", str(run), "--source", "kermany",
                "--max-minutes", str(args.minutes), "--seed", str(args.seed)]
     started = time.time()
-    wall, rss = run_child(command, out / "pneumoscan.log", env)
+    wall, rss = run_child("pneumoscan train", command, out / "pneumoscan.log", env)
     metrics = json.loads((run / "metrics.json").read_text())
     created = datetime.fromisoformat(json.loads((run / "environment.json").read_text())["created"]).timestamp()
     history = pd.read_csv(run / "history.csv")
@@ -192,7 +181,7 @@ def measure(args, argv) -> dict:
     child = out / "original.json"
     command = [sys.executable, __file__, "--child-original", str(run / "splits.csv"), str(child),
                "--minutes", str(args.minutes), "--seed", str(args.seed)]
-    wall, rss = run_child(command, out / "original.log", {**env, "BUDGET_START": str(time.time())})
+    wall, rss = run_child("original recipe", command, out / "original.log", {**env, "BUDGET_START": str(time.time())})
     original = json.loads(child.read_text())
     cfg = resolve()
     labels = {s: np.asarray(v) for s, v in original["labels"].items()}

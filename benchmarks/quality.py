@@ -19,12 +19,11 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from child import run_child  # benchmarks/ is on sys.path when this script runs
 from pneumoscan.runs import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,18 +35,13 @@ def train_once(name: str, args: list[str], data: str, out: Path) -> dict:
     """One ``pneumoscan train`` in a child process: its metrics, minutes and peak memory."""
     cli = Path(sys.executable).parent / "pneumoscan"
     command = [str(cli), "train", "--data", data, "--out", str(out / name), "--source", "kermany", *args]
-    start = time.perf_counter()
-    with open(out / f"{name}.log", "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{name} failed; see {out / f'{name}.log'}")
+    wall, rss = run_child(name, command, out / f"{name}.log")
     metrics = json.loads((out / name / "metrics.json").read_text())
     test, val, stress, training = metrics["test"], metrics["val"], metrics["shift_stress"], metrics["training"]
     return {
-        "name": name, "command": shlex.join(command), "wall_minutes": (time.perf_counter() - start) / 60,
+        "name": name, "command": shlex.join(command), "wall_minutes": wall / 60,
         "train_minutes": training["train_seconds"] / 60, "epochs_run": training["epochs_run"],
-        "best_epoch": training["best_epoch"], "peak_rss_gb": usage.ru_maxrss / 1024 ** 2,
+        "best_epoch": training["best_epoch"], "peak_rss_gb": rss,
         "threshold": metrics["threshold"]["value"],
         "val_roc_auc": val["roc_auc"], "val_accuracy": val["accuracy"],
         "stress_pooled_roc_auc": stress["pooled_roc_auc"], "stress_mean_roc_auc": stress["mean_roc_auc"],
