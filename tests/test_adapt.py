@@ -143,6 +143,9 @@ def test_site_folders_with_normal_and_pneumonia_work_too(tiny_run, site_csv, tmp
         (tmp_path / "site" / label).mkdir(parents=True)
         for name in part["path"]:
             shutil.copy(site_csv.parent / name, tmp_path / "site" / label / name)
+    # What copying folders between machines leaves behind is not a problem with the site's images.
+    (tmp_path / "site" / "NORMAL" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "site" / "PNEUMONIA" / "notes.txt").write_text("scanned on the ward printer\n")
     run = pneumoscan.adapt(tiny_run.root, tmp_path / "site", tmp_path / "new")
     assert json.loads(run.adapt_file.read_text())["site"]["images"] == 60
 

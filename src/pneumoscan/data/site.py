@@ -17,7 +17,7 @@ import pandas as pd
 from ..errors import DataSourceError
 from ..options import CLASS_NAMES
 from .cache import load_images
-from .sources import read_source
+from .sources import is_benign_skip, read_source
 from .splits import grouped_holdout
 
 MIN_IMAGES = 50  # below this, a threshold and its held-out figures are mostly noise
@@ -72,7 +72,7 @@ def read_site(path: str | Path, image_size: int, skip_unreadable: bool = False) 
         raise DataSourceError(f"{path}: a site set is a CSV (path,label[,patient_id]) or a folder with NORMAL/ "
                               f"and PNEUMONIA/, not a {collection.kind} data set")
     records = collection.records[["path", "label", "patient_id"]].reset_index(drop=True)
-    bad = [(p, r) for p, r in collection.skipped if not r.startswith(("hidden", "not an image"))]
+    bad = [(p, r) for p, r in collection.skipped if not is_benign_skip(r)]
     images, errors = load_images(records["path"].tolist(), image_size)
     bad += [(records["path"].iloc[i], problem) for i, problem in errors]
     if bad and not skip_unreadable:

@@ -45,6 +45,16 @@ def parse_label(value, where: str) -> int:
     return label
 
 
+# Files a folder data set leaves out on purpose: not problems with the data. Callers that
+# treat skipped files as errors (a site set for adapt) tell these apart with ``is_benign_skip``.
+HIDDEN_FILE = "hidden or macOS metadata file"
+NOT_AN_IMAGE = "not an image file"
+
+
+def is_benign_skip(reason: str) -> bool:
+    return reason.startswith((HIDDEN_FILE, NOT_AN_IMAGE))
+
+
 def class_images(folder: Path, skipped: list[tuple[str, str]]) -> list[str]:
     """The image files under one class folder, sorted; anything else goes to ``skipped`` with the reason."""
     found = []
@@ -52,9 +62,9 @@ def class_images(folder: Path, skipped: list[tuple[str, str]]) -> list[str]:
         if file.is_dir():
             continue
         if "__MACOSX" in file.parts or file.name.startswith("."):
-            skipped.append((str(file), "hidden or macOS metadata file"))
+            skipped.append((str(file), HIDDEN_FILE))
         elif file.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append((str(file), f"not an image file ({file.suffix or 'no extension'})"))
+            skipped.append((str(file), f"{NOT_AN_IMAGE} ({file.suffix or 'no extension'})"))
         else:
             found.append(str(file))
     return found
@@ -88,7 +98,7 @@ def read_kermany(path: str | Path) -> Collection:
             continue
         for class_dir in sorted(split_dir.iterdir()):
             if class_dir.name.startswith(".") or class_dir.name == "__MACOSX":
-                skipped.append((str(class_dir), "hidden or macOS metadata file"))
+                skipped.append((str(class_dir), HIDDEN_FILE))
                 continue
             if not class_dir.is_dir():
                 skipped.append((str(class_dir), "not a class folder"))
