@@ -43,6 +43,7 @@ RECIPES = {  # name -> config overrides on top of the default config
     "res224": ["data.image_size=224"],
     "smooth": ["train.label_smoothing=0.1"],
 }
+BASE = {"res224": "all_bf16_ema", "smooth": "all_bf16_ema"}  # recipe -> the recipe its default config equals
 
 
 def run_recipe(name: str, overrides: list[str], data: str, out: Path, epochs: int) -> dict:
@@ -55,7 +56,7 @@ def run_recipe(name: str, overrides: list[str], data: str, out: Path, epochs: in
     stress, training = metrics["shift_stress"], metrics["training"]
     return {
         "recipe": name, "overrides": overrides, "epochs": epochs, "command": shlex.join(command),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "test_revealed": False,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "test_revealed": False, "base": BASE.get(name),
         "val_roc_auc": metrics["val"]["roc_auc"], "val_accuracy": metrics["val"]["accuracy"],
         "stress_mean_roc_auc": stress["mean_roc_auc"], "stress_worst_roc_auc": stress["worst_roc_auc"],
         "stress_worst_shift": stress["worst_shift"], "stress_pooled_roc_auc": stress["pooled_roc_auc"],
@@ -95,7 +96,8 @@ def render(state: dict, out: Path) -> str:
         lines.append(row)
     lines += ["", "Overrides per recipe:", ""]
     lines += [f"- `{r['recipe']}`: {' '.join(f'`{o}`' for o in r['overrides']) or '(none: the default config of the time)'}"
-              f" (`{r['command'].split('/')[-1]}`)" for r in state["recipes"].values()]
+              + (f" on top of the default config that `{r['base']}` had become" if r.get("base") else "")
+              + f" (`{r['command'].split('/')[-1]}`)" for r in state["recipes"].values()]
     lines += ["", "Shift-stress ROC-AUC per change:", "",
               "| change | " + " | ".join(state["recipes"]) + " |", "| --- |" + " ---: |" * len(state["recipes"])]
     changes = next(iter(state["recipes"].values()))["stress_roc_auc"] if state["recipes"] else {}
