@@ -128,6 +128,17 @@ def render(state: dict) -> str:
         lines += ["", "## Ablation (how the recipe was chosen)", "",
                   "From [ablation.md](ablation.md) (`benchmarks/ablation.py`); its test column, where shown, "
                   "was added after the recipe was committed.", "", body.replace("\n# ", "\n### ")]
+    round2, levers = RESULTS / "recipe-round2.md", RESULTS / "levers.md"
+    if round2.is_file():  # the levers the first round had no time for, and the rule they were judged by
+        lines += ["", "## Second round of levers", "",
+                  "Quoted from [recipe-round2.md](recipe-round2.md): the rule was committed before these levers' "
+                  "results, the outcome before any of their test figures.", ""]
+        lines += ["> " + line if line else ">" for line in round2.read_text().strip().splitlines()[1:]]
+    if levers.is_file():
+        body = levers.read_text().split("\n", 1)[1].strip()
+        lines += ["", "### Test-time augmentation and seed ensembles", "",
+                  "From [levers.md](levers.md) (`benchmarks/levers.py`); its test columns were computed after "
+                  "the outcome above was committed.", "", body]
     return "\n".join(lines) + "\n"
 
 
