@@ -48,6 +48,8 @@ def test_adapt_writes_a_complete_run_with_its_parent_and_site(adapted, tiny_run,
     assert metrics["threshold"]["rule"] == tiny_run.metrics()["threshold"]["rule"]
     card = (adapted / "MODEL_CARD.md").read_text()
     assert "## Site adaptation" in card and info["site"]["sha256"][:16] in card
+    # Where the data came from: the parent's training set, then the site's own split table.
+    assert "The parent model was trained on: " in card and "Guangzhou" in card and "| val | site: adapted the model" in card
 
 
 def test_the_adapted_scope_takes_the_site_in(adapted, tiny_run):

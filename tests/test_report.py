@@ -208,6 +208,10 @@ def test_every_run_writes_a_model_card_and_the_report_shows_it(tiny_run):
         assert heading in card, heading
     metrics = tiny_run.metrics()
     assert "not a diagnosis" in card and "Guangzhou" in card  # the tiny run trains on the Kermany folder
+    splits = pd.read_csv(tiny_run.splits_file)
+    train = splits[splits["split"] == "train"]
+    assert (f"| train | fitted on | {int((train['label'] == 0).sum())} | {int((train['label'] == 1).sum())} "
+            f"| {train['patient_id'].nunique()} |") in card
     assert f"| test | {metrics['test']['n']} | {100 * metrics['test']['accuracy']:.1f}%" in card
     assert f"{100 * metrics['scope']['flagged']['test']:.1f}%" in card
     html = (tiny_run.root / "report.html").read_text()

@@ -49,15 +49,22 @@ def _with_ci(entry: dict, key: str, as_pct: bool) -> str:
     return f"{show(entry.get(key))} ({show(ci[0])}–{show(ci[1])})" if ci else show(entry.get(key))
 
 
-def provenance(run: Run) -> str:
+def read_splits(run: Run) -> pd.DataFrame | None:
+    """The run's splits.csv, or None when it is missing or unreadable (the card says so)."""
+    try:
+        return pd.read_csv(run.splits_file)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+
+
+def provenance(run: Run, splits: pd.DataFrame | None) -> str:
     if run.adapt_file.is_file():
         parent = Run(Path(json.loads(run.adapt_file.read_text())["parent"]["run"]))
-        origin = provenance(parent) if parent.splits_file.is_file() else "the parent run's (see adapt.json)"
+        origin = (provenance(parent, read_splits(parent)) if parent.splits_file.is_file()
+                  else "the parent run's (see adapt.json)")
         return (f"The parent model was trained on: {origin} It was then adapted to a new site with that site's own "
                 "labelled images (below: the site's images per split; see *Site adaptation*).")
-    try:
-        splits = pd.read_csv(run.splits_file)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    if splits is None:
         return "unknown (splits.csv is missing)"
     if (splits["split"] == "kaggle_val").any():
         return KERMANY_PROVENANCE
@@ -66,10 +73,8 @@ def provenance(run: Run) -> str:
     return USER_PROVENANCE
 
 
-def _data_rows(run: Run) -> list[str]:
-    try:
-        splits = pd.read_csv(run.splits_file)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+def _data_rows(run: Run, splits: pd.DataFrame | None) -> list[str]:
+    if splits is None:
         return []
     roles = ADAPTED_ROLES if run.adapt_file.is_file() else SPLIT_ROLES
     rows = ["| split | role | " + " | ".join(CLASS_NAMES) + " | patients |", "|---|---|" + "---:|" * (len(CLASS_NAMES) + 1)]
@@ -127,7 +132,7 @@ def _adapt_lines(run: Run) -> list[str]:
 
 def render_model_card(run_dir: str | Path) -> str:
     run = Run(Path(run_dir))
-    cfg, metrics = run.config(), run.metrics()
+    cfg, metrics, splits = run.config(), run.metrics(), read_splits(run)
     threshold = metrics["threshold"]
     training = metrics.get("training") or {}
     model_id = run.model_id() if run.model_file.is_file() else run.root.name
@@ -143,7 +148,7 @@ def render_model_card(run_dir: str | Path) -> str:
         "and its probability must not be trusted (`predict --abstain` leaves its label empty).",
         "- Out of scope: adults, lateral views, other body parts, other modalities, and any site whose images the "
         "model has not been checked on (see *Adapting to a new site*).", "",
-        "## Training data", "", provenance(run), "", *_data_rows(run), "",
+        "## Training data", "", provenance(run, splits), "", *_data_rows(run, splits), "",
         "## Performance", "",
         f"Threshold {num(threshold['value'], 4)} (rule `{esc(threshold['rule'])}`, chosen on {esc(threshold.get('chosen_on', 'val'))}); "
         f"probabilities calibrated by temperature {num((metrics.get('calibration') or {}).get('temperature'))} fitted on val. "
