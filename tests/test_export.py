@@ -62,6 +62,19 @@ def test_onnx_engine_predictor_matches_keras_calibrated(tiny_run, arrays):
     np.testing.assert_allclose(onnx_p, keras_p, atol=TOLERANCE, rtol=0)
 
 
+def test_the_exported_graph_normalizes_each_image_as_its_contract_says(export_dir, arrays):
+    """kind "image": a brightness and contrast change of the raw input leaves the probabilities as they are,
+    so a program that feeds the ONNX model must not normalize the pixels itself."""
+    contract = json.loads((export_dir / "preprocessing.json").read_text())
+    assert contract["input"]["normalization"]["kind"] == "image"
+    engine = OnnxEngine(export_dir / "model.onnx")
+    x = arrays[:16, ..., None].astype(np.float32)
+    probs, _ = engine(x)
+    darker_flatter, _ = engine(0.6 * x + 40.0)  # stays inside 0..255
+    np.testing.assert_allclose(darker_flatter[:, 1], probs[:, 1], atol=1e-3, rtol=0)
+    assert np.ptp(probs[:, 1]) > 1e-4  # not a constant model
+
+
 def test_savedmodel_export_loads_and_predicts_like_keras(export_dir, arrays, keras_softmax):
     import tensorflow as tf
 
@@ -93,6 +106,7 @@ def test_preprocessing_contract(export_dir, tiny_run):
     assert contract["input"]["channels"] == 1
     assert contract["input"]["dtype"] == "float32"
     assert contract["input"]["value_range"] == [0, 255]
+    assert contract["input"]["normalization"]["kind"] == "image"  # the tiny run's pneumonet default
     assert contract["preprocessing"]["image_size"] == cfg.data.image_size
     assert "grayscale" in contract["preprocessing"]["color"]
     assert "without keeping the aspect ratio" in contract["preprocessing"]["resize"]

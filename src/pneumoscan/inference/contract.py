@@ -26,6 +26,7 @@ assert set(MODEL_FILES) == set(EXPORT_FORMATS) | {"onnx-int8"}
 def build_contract(run: Run) -> dict:
     """The contract of ``run``'s model (reads config and metrics: a broken run fails here)."""
     from .. import __version__
+    from ..models import input_normalization
 
     cfg, metrics = run.config(), run.metrics()
     size = cfg.data.image_size
@@ -39,6 +40,7 @@ def build_contract(run: Run) -> dict:
             "name": INPUT_NAME, "shape": [None, size, size, 1], "dtype": "float32", "channels": 1,
             "value_range": [0, 255],
             "scaling": "inside the model: feed raw 0..255 pixel values, do not divide by 255",
+            "normalization": input_normalization(cfg.model),
         },
         "preprocessing": {
             "image_size": size, **PREPROCESSING,

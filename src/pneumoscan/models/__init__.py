@@ -28,7 +28,20 @@ def build_model(cfg: ModelConfig, image_size: int) -> keras.Model:
                             normalize=cfg.normalize)
 
 
+def input_normalization(cfg: ModelConfig) -> dict:
+    """What the model itself does first to its raw 0..255 input (preprocessing.json says it, so that
+    nobody normalizes twice)."""
+    if cfg.name in BACKBONES:
+        return {"kind": "backbone", "inside_model": True,
+                "description": f"keras.applications preprocessing of {cfg.name}, inside the model"}
+    if cfg.normalize == "scale":
+        return {"kind": "scale", "inside_model": True, "description": "x / 255, inside the model"}
+    return {"kind": "image", "inside_model": True,
+            "description": "per-image standardization inside the model: (x - mean) / max(std, 1) over each "
+                           "image's pixels, so a change of brightness or contrast does not change the input"}
+
+
 from .predict import load_run_model, model_image_size, predict_probabilities  # noqa: E402
 
-__all__ = ["build_model", "available_models", "MODELS", "WeightsError", "PneumoniaAUC", "load_run_model",
+__all__ = ["build_model", "available_models", "input_normalization", "MODELS", "WeightsError", "PneumoniaAUC", "load_run_model",
            "model_image_size", "predict_probabilities"]
