@@ -7,7 +7,7 @@ import keras
 
 from ..config import ModelConfig
 from .auc import PneumoniaAUC
-from .layers import PerImageStandardization
+from .layers import PerImageStandardization, resolved_normalization
 from ..errors import WeightsError
 from .applications import BACKBONES, backbone_model
 from .pneumonet import pneumonet
@@ -34,7 +34,7 @@ def input_normalization(cfg: ModelConfig) -> dict:
     if cfg.name in BACKBONES:
         return {"kind": "backbone", "inside_model": True,
                 "description": f"keras.applications preprocessing of {cfg.name}, inside the model"}
-    if cfg.normalize == "scale":
+    if resolved_normalization(cfg.normalize) == "scale":
         return {"kind": "scale", "inside_model": True, "description": "x / 255, inside the model"}
     return {"kind": "image", "inside_model": True,
             "description": "per-image standardization inside the model: (x - mean) / max(std, 1) over each "

@@ -20,10 +20,17 @@ class PerImageStandardization(layers.Layer):
         return (x - mean) / ops.maximum(std, 1.0)  # 1 of 255: a blank image stays finite
 
 
+def resolved_normalization(normalize: str = "auto") -> str:
+    """What ``model.normalize`` means for pneumoscan's own CNNs: ``auto`` is ``image``."""
+    if normalize in ("image", "auto"):
+        return "image"
+    if normalize == "scale":
+        return "scale"
+    raise ValueError(f"model.normalize must be scale or image, not {normalize!r}")
+
+
 def input_scaling(normalize: str = "auto") -> layers.Layer:
     """``scale``: x / 255; ``image`` (and ``auto``): :class:`PerImageStandardization`."""
-    if normalize in ("image", "auto"):
+    if resolved_normalization(normalize) == "image":
         return PerImageStandardization(name="standardize")
-    if normalize == "scale":
-        return layers.Rescaling(1.0 / 255, name="scale")
-    raise ValueError(f"model.normalize must be scale or image, not {normalize!r}")
+    return layers.Rescaling(1.0 / 255, name="scale")
