@@ -27,55 +27,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pneumoscan.data.dataset import prepare
-from pneumoscan.evaluation import choose_threshold, classification_metrics
+from pneumoscan.evaluation import choose_threshold, classification_metrics, stress_figures
 from pneumoscan.evaluation.calibration import apply_temperature
-from pneumoscan.evaluation.shift import cached_shifted_copies, shift_report
+from pneumoscan.evaluation.shift import cached_shifted_copies, translate, zoom
 from pneumoscan.models.predict import load_run_model, predict_probabilities
 from pneumoscan.runs import Run, cpu_model
 
 RESULTS = Path(__file__).parent / "results"
+# The shift-stress changes' own zoom and translation, at gentler settings (an argument-less rng).
+VIEWS = {"identity": lambda x: x, "zoom_0.9": lambda x: zoom(0.9)(x, None), "zoom_1.1": lambda x: zoom(1.1)(x, None),
+         "shift_4pct": lambda x: translate(x, round(0.04 * x.shape[0]), round(0.04 * x.shape[0]))}
 
 
-def _zoom(scale: float):
-    def view(x: np.ndarray) -> np.ndarray:
-        size = x.shape[0]
-        side = int(round(size * scale))
-        if scale < 1:  # crop the centre
-            start = (size - side) // 2
-            part = x[start:start + side, start:start + side]
-        else:  # pad with black, as a wider field of view shows
-            part = np.zeros((side, side), np.uint8)
-            start = (side - size) // 2
-            part[start:start + size, start:start + size] = x
-        return np.asarray(Image.fromarray(part, "L").resize((size, size), Image.Resampling.BILINEAR))
-    return view
-
-
-def _shift(fraction: float):
-    def view(x: np.ndarray) -> np.ndarray:
-        d = int(round(fraction * x.shape[0]))
-        return np.asarray(Image.fromarray(x, "L").transform(x.shape[::-1], Image.Transform.AFFINE,
-                                                            (1, 0, d, 0, 1, d), fillcolor=0))
-    return view
-
-
-VIEWS = {"identity": lambda x: x, "zoom_0.9": _zoom(0.9), "zoom_1.1": _zoom(1.1), "shift_4pct": _shift(0.04)}
-
-
-def member_probabilities(run_dir: Path, sets: dict[str, np.ndarray], tta: bool) -> dict[str, np.ndarray]:
-    """Calibrated PNEUMONIA probabilities of one run for every image set, with or without TTA."""
+def member_probabilities(run_dir: Path, sets: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Calibrated PNEUMONIA probabilities of one run for every image set: plain, and averaged over ``VIEWS``."""
     run = Run(run_dir)
     model = load_run_model(run)
     temperature = run.metrics()["calibration"]["temperature"]
-    out = {}
+    plain, tta = {}, {}
     for name, images in sets.items():
-        views = VIEWS.values() if tta else [VIEWS["identity"]]
-        raw = [predict_probabilities(model, np.stack([v(x) for x in images])) for v in views]
-        out[name] = np.mean([apply_temperature(p, temperature) for p in raw], axis=0)
-    return out
+        per_view = {view: apply_temperature(predict_probabilities(model, np.stack([change(x) for x in images])),
+                                            temperature) for view, change in VIEWS.items()}
+        plain[name], tta[name] = per_view["identity"], np.mean(list(per_view.values()), axis=0)
+    return plain, tta
 
 
 def judge(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], rule: str, reveal_test: bool) -> dict:
@@ -83,14 +59,12 @@ def judge(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], rule: str
     from sklearn.metrics import roc_auc_score
 
     threshold = choose_threshold(labels["val"], probs["val"], rule)
-    stress_probs = {k[len("stress:"):]: p for k, p in probs.items() if k.startswith("stress:")}
-    stress = shift_report(labels["val"], stress_probs)
-    pooled = classification_metrics(np.tile(labels["val"], len(stress_probs)),
-                                    np.concatenate(list(stress_probs.values())), threshold)
+    stress = stress_figures(labels["val"], {k[len("stress:"):]: p for k, p in probs.items() if k.startswith("stress:")},
+                            threshold)
     row = {"threshold": threshold, "val_roc_auc": float(roc_auc_score(labels["val"], probs["val"])),
            "stress_mean_roc_auc": stress["mean_roc_auc"], "stress_worst_roc_auc": stress["worst_roc_auc"],
            "stress_worst_shift": stress["worst_shift"], "stress_pooled_roc_auc": stress["pooled_roc_auc"],
-           "stress_pooled_specificity": pooled["specificity"]}
+           "stress_pooled_specificity": stress["pooled"]["specificity"]}
     if reveal_test:
         test = classification_metrics(labels["test"], probs["test"], threshold)
         row["test"] = {k: test[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity")}
@@ -139,8 +113,9 @@ def main(argv=None) -> int:
     if args.reveal_test:
         sets["test"], labels["test"] = prepared.images["test"], prepared.labels["test"]
     rule = cfg.evaluate.threshold_rule
-    plain = {r.name: member_probabilities(r, sets, tta=False) for r in runs}
-    tta = {r.name: member_probabilities(r, sets, tta=True) for r in runs}
+    plain, tta = {}, {}
+    for r in runs:
+        plain[r.name], tta[r.name] = member_probabilities(r, sets)
     variants = {}
     for name in plain:
         variants[f"{name}"] = {**judge(labels, plain[name], rule, args.reveal_test), "cost": 1}

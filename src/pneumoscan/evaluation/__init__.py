@@ -106,10 +106,14 @@ def write_predictions(run: Run, splits: pd.DataFrame, probs: dict, raw: dict, oo
 def shift_stress(model, prepared: PreparedData, temperature: float, threshold: float) -> dict:
     """The validation images under acquisition changes (:mod:`.shift`): ROC-AUC per change, mean,
     worst and pooled, and the pooled metrics at the chosen threshold."""
-    labels = prepared.labels["val"]
     copies = cached_shifted_copies(prepared.images["val"])
     probs = {name: apply_temperature(predict_probabilities(model, images), temperature)
              for name, images in copies.items()}
+    return stress_figures(prepared.labels["val"], probs, threshold)
+
+
+def stress_figures(labels: np.ndarray, probs: dict[str, np.ndarray], threshold: float) -> dict:
+    """:func:`.shift.shift_report` of calibrated probabilities per change, plus the pooled metrics at ``threshold``."""
     report = shift_report(labels, probs)
     pooled = classification_metrics(np.tile(labels, len(probs)), np.concatenate(list(probs.values())), threshold)
     report["pooled"] = {k: pooled[k] for k in ("accuracy", "sensitivity", "specificity", "balanced_accuracy")}
@@ -134,4 +138,4 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None) -> dict:
     return evaluate_prepared(run, model, prepared, cfg)
 
 
-__all__ = ["evaluate_run", "compute_metrics", "classification_metrics", "bootstrap_ci", "choose_threshold", "CI_METRICS"]
+__all__ = ["evaluate_run", "compute_metrics", "stress_figures", "classification_metrics", "bootstrap_ci", "choose_threshold", "CI_METRICS"]

@@ -62,7 +62,7 @@ def _jpeg(x, rng):
     return _arr(Image.open(buffer).convert("L"))
 
 
-def _zoom(scale: float):
+def zoom(scale: float):
     """scale < 1: a tighter field of view (the lungs fill the frame); > 1: more border around the chest."""
     def change(x, rng):
         size = x.shape[0]
@@ -83,10 +83,14 @@ def _rotate(x, rng):
     return _arr(_pil(x).rotate(10.0 * rng.choice([-1, 1]), resample=Image.Resampling.BILINEAR, fillcolor=0))
 
 
+def translate(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The image moved by (-dx, -dy) pixels, black where it uncovers."""
+    return _arr(_pil(x).transform(x.shape[::-1], Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy), fillcolor=0))
+
+
 def _translate(x, rng):
     shift = int(round(0.08 * x.shape[0]))
-    dx, dy = rng.choice([-shift, shift]), rng.choice([-shift, shift])
-    return _arr(_pil(x).transform(x.shape[::-1], Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy), fillcolor=0))
+    return translate(x, rng.choice([-shift, shift]), rng.choice([-shift, shift]))
 
 
 def _collimation(x, rng):
@@ -115,7 +119,7 @@ SHIFTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
     "gamma_low": _gamma(0.6), "gamma_high": _gamma(1.6),
     "contrast_low": _contrast(0.6), "contrast_high": _contrast(1.5),
     "blur": _blur, "sharpen": _sharpen, "noise": _noise, "jpeg_q15": _jpeg,
-    "zoom_in": _zoom(0.8), "zoom_out": _zoom(1.2), "rotate_10deg": _rotate, "translate_8pct": _translate,
+    "zoom_in": zoom(0.8), "zoom_out": zoom(1.2), "rotate_10deg": _rotate, "translate_8pct": _translate,
     "collimation": _collimation, "burned_text": _burned_text,
 }
 
