@@ -58,6 +58,11 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def quoted(lines: list[str]) -> list[str]:
+    """Markdown block-quote lines (a committed file quoted verbatim)."""
+    return ["> " + line if line else ">" for line in lines]
+
+
 def render(state: dict) -> str:
     seeds, fast = state["seeds"], state.get("fast")
     lines = ["# Quality benchmark", "",
@@ -70,7 +75,7 @@ def render(state: dict) -> str:
     if recipe.is_file():
         lines += ["## The pre-registered recipe", "",
                   "Quoted from [recipe.md](recipe.md), committed before any test figure below was computed:", ""]
-        lines += ["> " + line if line else ">" for line in recipe.read_text().strip().splitlines()] + [""]
+        lines += quoted(recipe.read_text().strip().splitlines()) + [""]
     lines += ["## Default config, one row per seed", "",
               "Accuracy, sensitivity and specificity at the threshold chosen on validation (rule "
               "`sensitivity:0.95`). The ceiling is the best accuracy *any* threshold gives on the test split, "
@@ -133,7 +138,7 @@ def render(state: dict) -> str:
         lines += ["", "## Second round of levers", "",
                   "Quoted from [recipe-round2.md](recipe-round2.md): the rule was committed before these levers' "
                   "results, the outcome before any of their test figures.", ""]
-        lines += ["> " + line if line else ">" for line in round2.read_text().strip().splitlines()[1:]]
+        lines += quoted(round2.read_text().strip().splitlines()[1:])
     if levers.is_file():
         body = levers.read_text().split("\n", 1)[1].strip()
         lines += ["", "### Test-time augmentation and seed ensembles", "",
